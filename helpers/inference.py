@@ -102,3 +102,44 @@ def generate(llm, prompts: Sequence[str], params, lora_request=None, progress: b
                                   prompt_tokens=len(out.prompt_token_ids or []),
                                   output_tokens=len(comp.token_ids), adapter=adapter))
     return results
+
+
+def summarize(results: Sequence[Generation], seconds: float | None = None) -> dict[str, float]:
+    """Stop rate (finish reason "stop"), token counts and, given the wall time, output tokens per second."""
+    n = len(results)
+    out_tokens = sum(r.output_tokens for r in results)
+    summary = {
+        "prompts": n,
+        "stop_rate": sum(r.stopped for r in results) / n if n else 0.0,
+        "output_tokens": out_tokens,
+        "mean_output_tokens": out_tokens / n if n else 0.0,
+    }
+    if seconds:
+        summary["seconds"] = round(seconds, 2)
+        summary["tokens_per_s"] = out_tokens / seconds
+    return summary
+
+
+def results_table(results: Sequence[Generation], width: int = 100):
+    """A DataFrame for display: finish reason, token counts and the start of each answer."""
+    import pandas as pd
+
+    return pd.DataFrame([{"finish_reason": r.finish_reason, "prompt_tokens": r.prompt_tokens,
+                          "output_tokens": r.output_tokens, "adapter": r.adapter,
+                          "answer": r.text[:width].replace("\n", " ⏎ ")} for r in results])
+
+
+def shutdown(llm) -> None:
+    """Release an offline engine (memory, worker threads) before starting another one."""
+    import gc
+
+    engine = getattr(llm, "llm_engine", None)
+    for attr in ("shutdown",):
+        fn = getattr(engine, attr, None)
+        if callable(fn):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - best effort during teardown
+                pass
+    del llm
+    gc.collect()

@@ -226,3 +226,38 @@ def parse_metrics(text: str, prefix: str = "vllm:") -> dict[str, list[dict]]:
 def metric_total(metrics: dict[str, list[dict]], family: str, sample_suffix: str = "") -> float:
     """Sum of all samples of a family (optionally only samples whose name ends in ``sample_suffix``)."""
     return sum(s["value"] for s in metrics.get(family, []) if s["sample"].endswith(sample_suffix))
+
+
+def ask(server: VLLMServer, messages: list[dict], max_tokens: int | None = None, model: str | None = None,
+        temperature: float | None = None) -> dict:
+    """One chat request through the ``openai`` client; returns text, finish reason, tokens and latency."""
+    client = server.client()
+    gen = server.profile.generation
+    t0 = time.perf_counter()
+    resp = client.chat.completions.create(
+        model=model or server.served_model_name, messages=messages,
+        max_tokens=max_tokens or gen["max_tokens"],
+        temperature=gen["temperature"] if temperature is None else temperature)
+    latency = time.perf_counter() - t0
+    choice = resp.choices[0]
+    return {"model": resp.model, "text": choice.message.content, "finish_reason": choice.finish_reason,
+            "completion_tokens": resp.usage.completion_tokens, "prompt_tokens": resp.usage.prompt_tokens,
+            "latency_s": latency}
+
+
+def metrics_summary(metrics: dict[str, list[dict]]):
+    """The handful of vLLM series the course looks at, as a small DataFrame."""
+    import pandas as pd
+
+    rows = [
+        ("vllm:num_requests_running", "laufende Requests", metric_total(metrics, "vllm:num_requests_running")),
+        ("vllm:num_requests_waiting", "wartende Requests", metric_total(metrics, "vllm:num_requests_waiting")),
+        ("vllm:kv_cache_usage_perc", "KV-Cache-Auslastung", metric_total(metrics, "vllm:kv_cache_usage_perc")),
+        ("vllm:prompt_tokens", "Prompt-Tokens gesamt", metric_total(metrics, "vllm:prompt_tokens", "_total")),
+        ("vllm:generation_tokens", "generierte Tokens gesamt",
+         metric_total(metrics, "vllm:generation_tokens", "_total")),
+        ("vllm:request_success", "erfolgreiche Requests", metric_total(metrics, "vllm:request_success", "_total")),
+        ("vllm:e2e_request_latency_seconds", "Summe der Latenzen (s)",
+         metric_total(metrics, "vllm:e2e_request_latency_seconds", "_sum")),
+    ]
+    return pd.DataFrame(rows, columns=["metric", "bedeutung", "wert"])

@@ -20,6 +20,8 @@ TELEMETRY_VARS = {
     "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false",
     "GRADIO_ANALYTICS_ENABLED": "False",
     "TOKENIZERS_PARALLELISM": "false",
+    # vLLM would otherwise probe an outside address to find "its" IP; the course stays on loopback.
+    "VLLM_HOST_IP": "127.0.0.1",
     # vLLM in a notebook or a script without a __main__ guard must not fork a second engine process.
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
 }

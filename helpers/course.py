@@ -1,0 +1,245 @@
+"""The course runner: every notebook executed with papermill into ``runs/<timestamp>/``, metrics collected
+and checked, and a short report rendered. Also the small API each notebook's first cell uses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import io, paths, sovereign
+from .profiles import Profile, load_profile
+
+NOTEBOOK_DIR = paths.ROOT / "notebooks"
+EXPECTATIONS_FILE = Path(__file__).with_name("expectations.yaml")
+
+
+class CourseError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------- notebook side
+@dataclass
+class NotebookContext:
+    """What a notebook's first cell gets back: its profile, its output folder and a metrics recorder."""
+
+    nb_id: str
+    profile: Profile
+    work_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def save_metrics(self, **values: Any) -> Path:
+        """Merge ``values`` into this notebook's metrics JSON (written atomically)."""
+        self.metrics.update(values)
+        return io.write_json(metrics_path(self.work_dir, self.nb_id), {"notebook": self.nb_id,
+                                                                        "profile": self.profile.name,
+                                                                        **self.metrics})
+
+    def path(self, name: str) -> Path:
+        return self.work_dir / name
+
+
+def start_notebook(nb_id: str, profile: str = "mini", run_dir: str | None = None) -> NotebookContext:
+    """Sovereign mode on, profile loaded and checked, output folder ready."""
+    sovereign.activate()
+    prof = load_profile(profile)
+    prof.require_device()
+    work = paths.work_dir(run_dir)
+    ctx = NotebookContext(nb_id=nb_id, profile=prof, work_dir=work)
+    existing = metrics_path(work, nb_id)
+    if existing.exists():
+        existing.unlink()  # a rerun starts with fresh metrics
+    return ctx
+
+
+def metrics_path(run_dir: Path, nb_id: str) -> Path:
+    return Path(run_dir) / "metrics" / f"{nb_id}.json"
+
+
+# --------------------------------------------------------------------------- expectations
+@lru_cache(maxsize=1)
+def expectations() -> dict:
+    with open(EXPECTATIONS_FILE, encoding="utf-8") as fh:
+        return {str(k): v for k, v in (yaml.safe_load(fh) or {}).items()}
+
+
+def check_metrics(nb_id: str, metrics: dict, profile: str = "mini") -> list[str]:
+    """Compare a notebook's metrics with its tolerances; returns the violations (empty when fine)."""
+    problems = []
+    for name, rule in expectations().get(nb_id, {}).items():
+        if "profiles" in rule and profile not in rule["profiles"]:
+            continue
+        if name not in metrics:
+            problems.append(f"{nb_id}: metric '{name}' missing")
+            continue
+        value = metrics[name]
+        if "equals" in rule and value != rule["equals"]:
+            problems.append(f"{nb_id}: {name} = {value!r}, expected {rule['equals']!r}")
+        if "min" in rule and (value is None or value < rule["min"]):
+            problems.append(f"{nb_id}: {name} = {value!r} below minimum {rule['min']}")
+        if "max" in rule and (value is None or value > rule["max"]):
+            problems.append(f"{nb_id}: {name} = {value!r} above maximum {rule['max']}")
+    return problems
+
+
+# --------------------------------------------------------------------------- runner side
+def notebook_id(path: str | Path) -> str:
+    match = re.match(r"^(\d+(?:\.\d+)?)", Path(path).name)
+    if not match:
+        raise CourseError(f"Notebook {path} does not start with its post number (e.g. 05.1-...).")
+    return match.group(1)
+
+
+def _order(nb_id: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in nb_id.split("."))
+
+
+def list_notebooks(directory: Path = NOTEBOOK_DIR) -> list[Path]:
+    books = [p for p in directory.glob("*.ipynb") if re.match(r"^\d", p.name)]
+    return sorted(books, key=lambda p: _order(notebook_id(p)))
+
+
+def select(notebooks: list[Path], only: list[str] | None = None, start: str | None = None) -> list[Path]:
+    ids = [notebook_id(p) for p in notebooks]
+    for wanted in (only or []) + ([start] if start else []):
+        if wanted not in ids:
+            raise CourseError(f"No notebook '{wanted}'. Available: {', '.join(ids)}")
+    if only:
+        return [p for p in notebooks if notebook_id(p) in only]
+    if start:
+        return [p for p in notebooks if _order(notebook_id(p)) >= _order(start)]
+    return notebooks
+
+
+def latest_run_dir() -> Path | None:
+    root = paths.runs_dir()
+    runs = sorted(p for p in root.glob("20*") if p.is_dir()) if root.exists() else []
+    return runs[-1] if runs else None
+
+
+def new_run_dir() -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = paths.runs_dir() / stamp
+    path.mkdir(parents=True, exist_ok=False)
+    return path
+
+
+def _failure_message(exc: Exception, nb_id: str, out: Path) -> str:
+    ename = getattr(exc, "ename", type(exc).__name__)
+    evalue = getattr(exc, "evalue", str(exc))
+    cell = getattr(exc, "exec_count", None)
+    where = f"cell [{cell}]" if cell is not None else "a cell"
+    return (f"Notebook {nb_id} failed in {where}: {ename}: {evalue}\n"
+            f"Executed notebook with the full traceback: {out}\n"
+            f"Fix the cause, then resume with: python -m helpers course run --from {nb_id}")
+
+
+def run_course(profile: str = "mini", only: list[str] | None = None, start: str | None = None,
+               run_dir: str | Path | None = None, parameters: dict | None = None,
+               progress: bool = True, check: bool = True, notebook_dir: Path | None = None) -> Path:
+    """Execute the selected notebooks in order; returns the run folder. Raises CourseError on failure."""
+    import papermill as pm
+    from tqdm.auto import tqdm
+
+    load_profile(profile)  # unknown profile: fail before anything runs
+    sovereign.activate()
+    books = select(list_notebooks(notebook_dir or NOTEBOOK_DIR), only, start)
+    if run_dir is None and start:
+        run_dir = latest_run_dir()
+        if run_dir is not None:
+            print(f"Resuming in {run_dir}")
+    run_dir = Path(run_dir) if run_dir else new_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / "course_state.json"
+    state = io.read_json(state_path) if state_path.exists() else {"profile": profile, "notebooks": {}}
+    env_before = os.environ.get("COURSE_RUN_DIR")
+    os.environ["COURSE_RUN_DIR"] = str(run_dir)
+    bar = tqdm(books, desc="Kurs", unit="Notebook", disable=not progress)
+    try:
+        for book in bar:
+            nb_id = notebook_id(book)
+            bar.set_postfix_str(book.name)
+            out = run_dir / "notebooks" / book.name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            params = {"profile": profile, "run_dir": str(run_dir), **(parameters or {})}
+            t0 = time.time()
+            try:
+                pm.execute_notebook(str(book), str(out), parameters=params, cwd=str(book.parent),
+                                    progress_bar=False, kernel_name="python3", log_output=False)
+            except Exception as exc:  # papermill wraps cell errors; anything else is reported the same way
+                state["notebooks"][nb_id] = {"status": "failed", "seconds": round(time.time() - t0, 1)}
+                io.write_json(state_path, state)
+                raise CourseError(_failure_message(exc, nb_id, out)) from exc
+            seconds = round(time.time() - t0, 1)
+            mpath = metrics_path(run_dir, nb_id)
+            metrics = io.read_json(mpath) if mpath.exists() else {}
+            problems = check_metrics(nb_id, metrics, profile) if check else []
+            state["notebooks"][nb_id] = {"status": "failed" if problems else "ok", "seconds": seconds,
+                                         "notebook": book.name}
+            io.write_json(state_path, state)
+            if problems:
+                raise CourseError(f"Notebook {nb_id} ran, but its metrics are out of tolerance:\n  "
+                                  + "\n  ".join(problems) + f"\nMetrics: {mpath}")
+    finally:
+        if env_before is None:
+            os.environ.pop("COURSE_RUN_DIR", None)
+        else:
+            os.environ["COURSE_RUN_DIR"] = env_before
+        write_report(run_dir)
+    return run_dir
+
+
+def collect_metrics(run_dir: Path) -> dict[str, dict]:
+    out = {}
+    for path in sorted((Path(run_dir) / "metrics").glob("*.json"), key=lambda p: _order(p.stem)):
+        out[path.stem] = io.read_json(path)
+    return out
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Markdown report with the notebook durations (plot) and every notebook's metrics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    state_path = run_dir / "course_state.json"
+    state = io.read_json(state_path) if state_path.exists() else {"notebooks": {}}
+    metrics = collect_metrics(run_dir)
+    lines = [f"# Kursbericht {run_dir.name}", "", f"Profil: `{state.get('profile', '?')}`", "",
+             "| Notebook | Status | Sekunden |", "|---|---|---|"]
+    nbs = state.get("notebooks", {})
+    for nb_id in sorted(nbs, key=_order):
+        info = nbs[nb_id]
+        lines.append(f"| {info.get('notebook', nb_id)} | {info['status']} | {info['seconds']} |")
+    total = sum(i["seconds"] for i in nbs.values())
+    lines += ["", f"Gesamtdauer: {total:.0f} s", ""]
+    if nbs:
+        ids = sorted(nbs, key=_order)
+        fig, ax = plt.subplots(figsize=(7, 0.4 * len(ids) + 1.2))
+        colors = ["tab:green" if nbs[i]["status"] == "ok" else "tab:red" for i in ids]
+        ax.barh(ids[::-1], [nbs[i]["seconds"] for i in ids][::-1], color=colors[::-1])
+        ax.set_xlabel("Sekunden")
+        ax.set_title("Laufzeit pro Notebook")
+        fig.tight_layout()
+        fig.savefig(run_dir / "durations.png", dpi=100)
+        plt.close(fig)
+        lines += ["![Laufzeit pro Notebook](durations.png)", ""]
+    for nb_id, values in metrics.items():
+        lines += [f"## Notebook {nb_id}", "", "| Metrik | Wert |", "|---|---|"]
+        for key, value in values.items():
+            if key in ("notebook", "profile"):
+                continue
+            shown = f"{value:.4g}" if isinstance(value, float) else json.dumps(value, ensure_ascii=False)
+            lines.append(f"| {key} | {shown} |")
+        lines.append("")
+    return io.write_text(run_dir / "report.md", "\n".join(lines))

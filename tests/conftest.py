@@ -1,0 +1,26 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NETAUDIT = Path(__file__).resolve().parent / "netaudit"
+
+
+@pytest.fixture(scope="session")
+def course_run(tmp_path_factory):
+    """Run the whole course once (mini profile, papermill, real vLLM) under the network audit.
+
+    Returns (run_dir, audit_log, completed_process). Every notebook test reads from this one run.
+    """
+    run_dir = tmp_path_factory.mktemp("course-run")
+    audit_log = run_dir / "net-audit.tsv"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(NETAUDIT), str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["COURSE_NET_AUDIT_LOG"] = str(audit_log)
+    proc = subprocess.run([sys.executable, "-m", "helpers", "course", "run", "--profile", "mini",
+                           "--run-dir", str(run_dir), "--no-progress"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
+    return run_dir, audit_log, proc

@@ -1,0 +1,71 @@
+import hashlib
+
+import pytest
+
+from helpers import kursmini, prompts
+
+TINY = kursmini.BuildConfig(vocab_size=400, hidden_size=128, intermediate_size=256, num_layers=1, num_heads=2,
+                            num_kv_heads=1, steps=4, batch_size=2, block_size=32, warmup_steps=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    for i in range(3):
+        (root / f"doc{i}.md").write_text(
+            f"# Dokument {i}\n\nDie Datensicherung läuft täglich um 22:30 Uhr. Vollbackup am Samstag um 02:00.\n"
+            f"Tägliche Sicherungen bleiben 35 Tage, monatliche 13 Monate erhalten. Abschnitt {i}.\n" * 6,
+            encoding="utf-8")
+    return root
+
+
+def _weights_digest(path):
+    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_build_is_reproducible_and_has_chat_template(tiny_corpus, tmp_path):
+    a = kursmini.build(tiny_corpus, tmp_path / "a", TINY, progress=False)
+    b = kursmini.build(tiny_corpus, tmp_path / "b", TINY, progress=False)
+    assert _weights_digest(a) == _weights_digest(b)
+    from transformers import AutoConfig, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(a)
+    assert cfg.architectures == ["MistralForCausalLM"] and cfg.head_dim == 64
+    tok = AutoTokenizer.from_pretrained(a)
+    assert tok.pad_token_id != tok.eos_token_id
+    text = tok.apply_chat_template(prompts.qa_messages("Wann?", "Kontext", "Um 22:30."), tokenize=False)
+    assert prompts.SYSTEM_PROMPT in text and text.rstrip().endswith("Um 22:30." + tok.eos_token)
+    gen = tok.apply_chat_template(prompts.qa_messages("Wann?", "Kontext"), tokenize=False,
+                                  add_generation_prompt=True)
+    assert gen.endswith("<|assistant|>\n")
+    info = kursmini.build_info(a)
+    assert info["fingerprint"] == kursmini.build_fingerprint(tiny_corpus, TINY)
+    assert info["loss_last"] < info["loss_first"]
+
+
+def test_pretraining_stream_contains_no_eos(tiny_corpus, tmp_path):
+    from helpers import documents
+
+    texts = [d.text for d in documents.load_corpus(tiny_corpus)]
+    tok = kursmini.train_tokenizer(texts, 400)
+    stream = kursmini._token_stream(tok, texts)
+    assert tok.eos_token_id not in set(stream.tolist())
+
+
+def test_ensure_reuses_and_rebuilds_on_corpus_change(tiny_corpus, tmp_path, capsys):
+    out = tmp_path / "m"
+    kursmini.ensure(out, tiny_corpus, TINY, progress=False)
+    first = (out / "build_info.json").stat().st_mtime_ns
+    kursmini.ensure(out, tiny_corpus, TINY, progress=False)
+    assert (out / "build_info.json").stat().st_mtime_ns == first  # reused, not rebuilt
+    (tiny_corpus / "doc0.md").write_text("# Neu\n\nGeänderter Text für einen neuen Fingerabdruck. " * 20,
+                                         encoding="utf-8")
+    kursmini.ensure(out, tiny_corpus, TINY, progress=False)
+    assert "rebuilding" in capsys.readouterr().out
+    assert kursmini.build_info(out)["fingerprint"] == kursmini.build_fingerprint(tiny_corpus, TINY)
+
+
+def test_empty_corpus_is_a_clear_error(tmp_path):
+    (tmp_path / "empty.md").write_text("", encoding="utf-8")
+    with pytest.raises(ValueError, match="No usable documents"):
+        kursmini.build(tmp_path, tmp_path / "out", TINY, progress=False)

@@ -1,0 +1,103 @@
+"""The course end to end: every notebook executed by papermill in the mini profile, metrics checked."""
+
+import ipaddress
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from helpers import course
+
+pytestmark = pytest.mark.course
+NOTEBOOKS = course.list_notebooks()
+
+
+def _ok(course_run):
+    run_dir, _, proc = course_run
+    assert proc.returncode == 0, f"course run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return run_dir
+
+
+@pytest.mark.parametrize("book", NOTEBOOKS, ids=[course.notebook_id(b) for b in NOTEBOOKS])
+def test_notebook_ran_and_metrics_in_tolerance(course_run, book):
+    run_dir = _ok(course_run)
+    nb_id = course.notebook_id(book)
+    executed = run_dir / "notebooks" / book.name
+    assert executed.exists()
+    nb = nbformat.read(executed, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors
+    metrics = json.loads((run_dir / "metrics" / f"{nb_id}.json").read_text())
+    assert metrics["profile"] == "mini"
+    assert course.check_metrics(nb_id, metrics, "mini") == []
+
+
+def test_notebook_02_measures_base_model_behaviour(course_run):
+    run_dir = _ok(course_run)
+    m = json.loads((run_dir / "metrics" / "02.json").read_text())
+    # The base model was pretrained without EOS: it runs into max_tokens instead of stopping.
+    assert m["offline_stop_rate"] <= 0.2
+    assert m["offline_output_tokens"] >= m["offline_prompts"] * 0.8 * 64
+    # The server really generated tokens, and its own Prometheus counter saw them.
+    assert m["server_generation_tokens_metric"] >= m["server_requests_ok"]
+    assert m["server_stopped"] is True
+
+
+def test_report_written(course_run):
+    run_dir = _ok(course_run)
+    report = (run_dir / "report.md").read_text()
+    for book in NOTEBOOKS:
+        assert book.name in report
+    assert (run_dir / "durations.png").stat().st_size > 1000
+
+
+def _loopback(address) -> bool:
+    host = address[0] if isinstance(address, tuple) else address
+    if host in ("localhost", "", None):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def test_course_opens_no_connection_beyond_loopback(course_run):
+    run_dir, audit_log, proc = course_run
+    _ok(course_run)
+    lines = Path(audit_log).read_text().splitlines()
+    connects = [l.split("\t") for l in lines if "\tconnect\t" in l]
+    lookups = [l.split("\t") for l in lines if "\tgetaddrinfo\t" in l]
+    starts = [l.split("\t") for l in lines if "\tstart\t" in l]
+    # The hook reached the runner, the notebook kernels and the vLLM server, and saw the server queries.
+    commands = " ".join(s[4] for s in starts)
+    assert "ipykernel" in commands and "vllm.entrypoints.openai.api_server" in commands
+    assert any(c[2] == "2" for c in connects), "no TCP/IPv4 connect seen (server queries missing?)"
+    outside = []
+    for pid, _, family, _, address in connects:
+        if family == "1":  # AF_UNIX
+            continue
+        addr = eval(address, {"__builtins__": {}})  # noqa: S307 - repr of a tuple/str written by our hook
+        if not _loopback(addr):
+            outside.append((pid, address))
+    for pid, _, _, _, host in lookups:
+        name = eval(host, {"__builtins__": {}})  # noqa: S307
+        if isinstance(name, bytes):
+            name = name.decode()
+        if not _loopback(name):
+            outside.append((pid, f"lookup {name}"))
+    assert outside == []
+
+
+@pytest.mark.parametrize("book", NOTEBOOKS, ids=[course.notebook_id(b) for b in NOTEBOOKS])
+def test_notebook_is_clean_and_thin(book):
+    nb = nbformat.read(book, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "commit without outputs"
+    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and "profile = " in params[0].source
+    assert "run_dir = " in params[0].source
+    assert max(len(c.source.splitlines()) for c in code) <= 15
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith(f"# {course.notebook_id(book)}")
