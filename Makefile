@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.course-env-stamp
 PROFILE ?= mini
 
-.PHONY: env course test test-fast bench model clean-runs
+.PHONY: env course test test-fast bench model clean-runs gpu-regression bench-gpu
+
+# GPU targets run with the Python of a GPU environment (`pip install -e ".[gpu,dev]"`), not the CPU venv.
+GPU_PYTHON ?= python3
 
 env: $(STAMP)
 
@@ -29,3 +32,9 @@ model: env
 
 clean-runs:
 	rm -rf runs/
+
+gpu-regression:
+	$(GPU_PYTHON) -m helpers course run --profile gpu-smoke
+
+bench-gpu:
+	$(GPU_PYTHON) -m helpers bench-gpu

@@ -149,7 +149,7 @@ def run_course(profile: str = "mini", only: list[str] | None = None, start: str 
     import papermill as pm
     from tqdm.auto import tqdm
 
-    load_profile(profile)  # unknown profile: fail before anything runs
+    load_profile(profile).require_device()  # unknown profile or no GPU: fail before anything runs
     sovereign.activate()
     books = select(list_notebooks(notebook_dir or NOTEBOOK_DIR), only, start)
     if run_dir is None and start:

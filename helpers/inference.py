@@ -76,6 +76,23 @@ def make_llm(profile: Profile | str | None = None, model: str | None = None, ena
     return llm
 
 
+def engine_facts(llm) -> dict[str, Any]:
+    """What the running engine actually uses (device, eager vs CUDA graphs), read from its config."""
+    cfg = getattr(getattr(llm, "llm_engine", None), "vllm_config", None)
+    facts: dict[str, Any] = {}
+    if cfg is None:
+        return facts
+    facts["enforce_eager"] = bool(getattr(cfg.model_config, "enforce_eager", False))
+    facts["dtype"] = str(getattr(cfg.model_config, "dtype", "")).replace("torch.", "")
+    mode = getattr(getattr(cfg, "compilation_config", None), "cudagraph_mode", None)
+    facts["cudagraph_mode"] = str(mode) if mode is not None else None
+    device = getattr(getattr(cfg, "device_config", None), "device_type", None)
+    facts["device"] = str(device) if device is not None else None
+    facts["cuda_graphs"] = (facts["device"] == "cuda" and not facts["enforce_eager"]
+                            and "NONE" not in str(facts["cudagraph_mode"]).upper())
+    return facts
+
+
 def chat_prompts(llm_or_tokenizer, conversations: Sequence[list[dict]]) -> list[str]:
     """Render conversations with the tokenizer's chat template (the same template `vllm serve` uses)."""
     tok = llm_or_tokenizer.get_tokenizer() if hasattr(llm_or_tokenizer, "get_tokenizer") else llm_or_tokenizer
@@ -130,16 +147,28 @@ def results_table(results: Sequence[Generation], width: int = 100):
 
 
 def shutdown(llm) -> None:
-    """Release an offline engine (memory, worker threads) before starting another one."""
+    """Release an offline engine (weights, KV cache, worker state) so another engine or a server fits.
+
+    The caller's variable still points at the ``LLM`` object, so the engine is detached from it first;
+    then vLLM's own cleanup tears down its process groups and frees the GPU cache.
+    """
     import gc
 
     engine = getattr(llm, "llm_engine", None)
-    for attr in ("shutdown",):
-        fn = getattr(engine, attr, None)
+    for obj in (getattr(engine, "engine_core", None), engine):
+        fn = getattr(obj, "shutdown", None)
         if callable(fn):
             try:
                 fn()
             except Exception:  # noqa: BLE001 - best effort during teardown
                 pass
-    del llm
+    if engine is not None:
+        llm.llm_engine = None
+    del engine
+    try:
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+    except Exception:  # noqa: BLE001 - older/newer vLLM without it: plain GC below still runs
+        pass
     gc.collect()

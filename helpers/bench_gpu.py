@@ -1,0 +1,296 @@
+"""``make bench-gpu``: 7B-scale measurements on a Mistral-7B-shaped model with random weights.
+
+No 7B checkpoint can be downloaded on an offline runner, and none is needed to measure speed: vLLM loads
+the architecture with ``load_format="dummy"`` (random weights), QLoRA trains a saved random checkpoint.
+Everything runs in one process so the numbers are comparable; results go to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import shutil
+import time
+from pathlib import Path
+
+from . import io, paths
+
+MISTRAL_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=32768,
+                  rope_theta=10000.0, sliding_window=None, tie_word_embeddings=False)
+PROMPT_TOKENS = 512
+OUTPUT_TOKENS = 256
+
+
+def make_model_dir(out: str | Path, tokenizer_dir: str | Path | None = None, **overrides) -> Path:
+    """A Mistral-7B-shaped model directory (config + tokenizer, no weights: vLLM's dummy loader fills them)."""
+    from transformers import MistralConfig
+
+    from . import kursmini
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = MistralConfig(**{**MISTRAL_7B, **overrides}, torch_dtype="bfloat16", bos_token_id=1, eos_token_id=2)
+    cfg.architectures = ["MistralForCausalLM"]
+    cfg.save_pretrained(out)
+    tok_src = Path(tokenizer_dir or kursmini.ensure())
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (tok_src / name).exists():
+            shutil.copy(tok_src / name, out / name)
+    return out
+
+
+def token_prompts(n: int, length: int = PROMPT_TOKENS, vocab: int = 4000, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"prompt_token_ids": [rng.randrange(10, vocab) for _ in range(length)]} for _ in range(n)]
+
+
+def _params(max_tokens: int = OUTPUT_TOKENS):
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=max_tokens, min_tokens=max_tokens, ignore_eos=True, temperature=0.0)
+
+
+def throughput(llm, prompts: list[dict], max_tokens: int = OUTPUT_TOKENS, lora_request=None) -> dict:
+    """Output tokens per second for one ``generate`` call over all prompts."""
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, _params(max_tokens), lora_request=lora_request, use_tqdm=False)
+    seconds = time.perf_counter() - t0
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    return {"requests": len(prompts), "output_tokens": tokens, "seconds": round(seconds, 2),
+            "tokens_per_s": round(tokens / seconds, 1)}
+
+
+def sequential(llm, prompts: list[dict], max_tokens: int = OUTPUT_TOKENS) -> dict:
+    """The per-request loop of the original series: one prompt, wait, next prompt."""
+    t0 = time.perf_counter()
+    tokens = 0
+    for prompt in prompts:
+        out = llm.generate([prompt], _params(max_tokens), use_tqdm=False)
+        tokens += len(out[0].outputs[0].token_ids)
+    seconds = time.perf_counter() - t0
+    return {"requests": len(prompts), "output_tokens": tokens, "seconds": round(seconds, 2),
+            "tokens_per_s": round(tokens / seconds, 1)}
+
+
+def random_lora_adapter(out: str | Path, model_cfg: dict, rank: int = 16, seed: int = 0,
+                        targets=("q_proj", "k_proj", "v_proj", "o_proj")) -> Path:
+    """A real peft-format LoRA adapter with random (non-zero) A and B matrices for the given shape."""
+    import torch
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    h, hd = model_cfg["hidden_size"], model_cfg["head_dim"]
+    dims = {"q_proj": (h, model_cfg["num_attention_heads"] * hd), "k_proj": (h, model_cfg["num_key_value_heads"] * hd),
+            "v_proj": (h, model_cfg["num_key_value_heads"] * hd), "o_proj": (model_cfg["num_attention_heads"] * hd, h)}
+    tensors = {}
+    for layer in range(model_cfg["num_hidden_layers"]):
+        for t in targets:
+            d_in, d_out = dims[t]
+            base = f"base_model.model.model.layers.{layer}.self_attn.{t}"
+            tensors[f"{base}.lora_A.weight"] = (torch.randn(rank, d_in, generator=g) * 0.01).to(torch.bfloat16)
+            tensors[f"{base}.lora_B.weight"] = (torch.randn(d_out, rank, generator=g) * 0.01).to(torch.bfloat16)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    io.write_json(out / "adapter_config.json", {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank, "lora_dropout": 0.0,
+        "target_modules": list(targets), "bias": "none", "base_model_name_or_path": "mistral-7b-dummy",
+        "fan_in_fan_out": False, "inference_mode": True})
+    return out
+
+
+def environment() -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import vllm
+
+        info["vllm"] = vllm.__version__
+    except ImportError:
+        pass
+    for name in ("transformers", "peft", "bitsandbytes"):
+        try:
+            info[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    return info
+
+
+def lora_tuning_options() -> dict:
+    """Engine options of this vLLM version that specialise to the active LoRA set (empty if none exist)."""
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    fields = {f.name for f in dataclasses.fields(EngineArgs)}
+    options = {}
+    if "specialize_active_lora" in fields:
+        options["specialize_active_lora"] = True
+    if "max_cpu_loras" in fields:
+        options["max_cpu_loras"] = 4
+    return options
+
+
+def bench_vllm(workdir: Path, parts: list[str], n_prompts: int = 256, model_cfg: dict | None = None,
+               engine_kw: dict | None = None, max_tokens: int = OUTPUT_TOKENS) -> dict:
+    """Raw offline throughput, sequential loop, CUDA graphs vs eager, and LoRA 0/1/4 adapters."""
+    import gc
+
+    import torch
+    from vllm import LLM
+    from vllm.lora.request import LoRARequest
+
+    model_cfg = {**MISTRAL_7B, **(model_cfg or {})}
+    model_dir = make_model_dir(workdir / "mistral-7b-dummy", **model_cfg)
+    prompts = token_prompts(n_prompts, vocab=min(4000, model_cfg["vocab_size"]))
+    results: dict = {}
+
+    def engine(**kw):
+        t0 = time.perf_counter()
+        llm = LLM(model=str(model_dir), load_format="dummy", dtype="bfloat16", max_model_len=2048, seed=0,
+                  **{"gpu_memory_utilization": 0.85, **(engine_kw or {}), **kw})
+        return llm, round(time.perf_counter() - t0, 1)
+
+    def close(llm):
+        del llm
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    if "eager" in parts:
+        llm, start = engine(enforce_eager=True)
+        results["eager"] = {"startup_s": start, "batch_256": throughput(llm, prompts, max_tokens),
+                            "batch_1": throughput(llm, prompts[:1], max_tokens)}
+        close(llm)
+    if "graphs" in parts:
+        llm, start = engine(enforce_eager=False)
+        results["graphs"] = {"startup_s": start, "batch_256": throughput(llm, prompts, max_tokens),
+                             "batch_1": throughput(llm, prompts[:1], max_tokens)}
+        results["sequential_16"] = sequential(llm, prompts[:16], max_tokens)
+        close(llm)
+    for label in [p for p in parts if p.startswith("lora")]:
+        # One LoRA engine per process. "lora": max_loras=4 at the adapters' exact rank; "lora-tuned" adds the
+        # engine options that specialise kernels/graphs to the active LoRAs where this vLLM has them.
+        adapters = [random_lora_adapter(workdir / f"lora{i}", model_cfg, seed=i) for i in range(4)]
+        kw = {"enable_lora": True, "max_loras": 4, "max_lora_rank": 16}
+        if label == "lora-tuned":
+            kw.update(lora_tuning_options())
+        llm, start = engine(**kw)
+        one = LoRARequest("a0", 1, str(adapters[0]))
+        mixed = [LoRARequest(f"a{i % 4}", i % 4 + 1, str(adapters[i % 4])) for i in range(len(prompts))]
+        throughput(llm, prompts[:8], 16, lora_request=mixed[:8])  # warm-up: load all four adapters
+        runs = {"0": throughput(llm, prompts, max_tokens)}
+        runs["1"] = throughput(llm, prompts, max_tokens, lora_request=one)
+        runs["4"] = throughput(llm, prompts, max_tokens, lora_request=mixed)
+        base = runs["0"]["tokens_per_s"]
+        results[label] = {"startup_s": start, "runs": runs, "settings": {k: v for k, v in kw.items()},
+                          "ratio_1": round(runs["1"]["tokens_per_s"] / base, 3),
+                          "ratio_4": round(runs["4"]["tokens_per_s"] / base, 3)}
+        close(llm)
+    return results
+
+
+PARTS = ("eager", "graphs", "lora", "lora-tuned")
+
+
+def run_part(part: str, workdir: Path, n_prompts: int, model_cfg: dict | None = None,
+             engine_kw: dict | None = None, max_tokens: int = OUTPUT_TOKENS) -> dict:
+    """One part in a fresh subprocess: vLLM engines do not share a process cleanly, and the GPU is freed."""
+    import subprocess
+    import sys
+
+    out = workdir / f"part-{part}.json"
+    code = ("import json, sys; from pathlib import Path; from helpers import bench_gpu, sovereign; "
+            "sovereign.activate(); a = json.loads(sys.argv[1]); "
+            "r = bench_gpu.bench_vllm(Path(a['workdir']), [a['part']], a['n'], a['cfg'], a['kw'], a['max_tokens']); "
+            "Path(a['out']).write_text(json.dumps(r))")
+    args = json.dumps({"workdir": str(workdir), "part": part, "n": n_prompts, "cfg": model_cfg, "kw": engine_kw,
+                       "max_tokens": max_tokens, "out": str(out)})
+    proc = subprocess.run([sys.executable, "-c", code, args], cwd=paths.ROOT)
+    if proc.returncode != 0:
+        return {"error": f"part '{part}' failed with exit code {proc.returncode} (see the log above)"}
+    return json.loads(out.read_text())
+
+
+def run(parts: list[str] | None = None, output: str | Path | None = None, n_prompts: int = 256,
+        model_cfg: dict | None = None, engine_kw: dict | None = None, max_tokens: int = OUTPUT_TOKENS,
+        require_gpu: bool = True) -> dict:
+    from . import sovereign
+    from .profiles import load_profile
+
+    if require_gpu:
+        load_profile("h100").require_device()
+    sovereign.activate()
+    work = paths.runs_dir() / "bench-gpu"
+    work.mkdir(parents=True, exist_ok=True)
+    results = {"environment": environment(), "prompt_tokens": PROMPT_TOKENS, "output_tokens": max_tokens,
+               "prompts": n_prompts}
+    for part in parts or PARTS:
+        print(f"== bench-gpu part: {part}", flush=True)
+        results.update(run_part(part, work, n_prompts, model_cfg, engine_kw, max_tokens))
+    out = Path(output or work / "bench-gpu.json")
+    io.write_json(out, results)
+    print(json.dumps(results, indent=2))
+    return results
+
+
+def write_markdown(results: dict, path: str | Path | None = None, plot: bool = True) -> Path:
+    """Render the measurements as docs/benchmarks.md (+ a bar chart next to it)."""
+    path = Path(path or paths.ROOT / "docs" / "benchmarks.md")
+    env = results.get("environment", {})
+    lines = ["# Benchmarks (GPU, 7B-Form mit Zufallsgewichten)", "",
+             "Gemessen mit `make bench-gpu` in einem Lauf; Modell: Mistral-7B-Architektur, Gewichte zufällig "
+             f"(`load_format=\"dummy\"`), {results.get('prompts')} Prompts à {results.get('prompt_tokens')} Tokens, "
+             f"{results.get('output_tokens')} Output-Tokens pro Prompt (EOS ignoriert).", "",
+             "| Umgebung | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env.items()] + [""]
+    rows = [("| Messung | Output-Tokens/s | Sekunden | Anmerkung |"), "|---|---|---|---|"]
+
+    def row(label, rec, note=""):
+        if rec and "tokens_per_s" in rec:
+            rows.append(f"| {label} | {rec['tokens_per_s']} | {rec['seconds']} | {note} |")
+
+    for mode in ("graphs", "eager"):
+        if mode in results:
+            r = results[mode]
+            row(f"vLLM offline, {results.get('prompts')} Prompts, {mode}", r["batch_256"], f"Engine-Start {r['startup_s']} s")
+            row(f"vLLM Batch 1, {mode}", r["batch_1"])
+    row("Sequentielle Schleife (16 Anfragen nacheinander)", results.get("sequential_16"))
+    for label in ("lora", "lora-tuned"):
+        if label in results:
+            r = results[label]
+            for k in ("0", "1", "4"):
+                row(f"{label}: {k} Adapter", r["runs"][k], f"Verhältnis zu 0: {r['runs'][k]['tokens_per_s'] / r['runs']['0']['tokens_per_s']:.2f}; Settings {r['settings']}")
+    lines += rows + [""]
+    errors = {k: v for k, v in results.items() if isinstance(v, dict) and "error" in v}
+    if "error" in results:
+        lines += [f"Fehler: {results['error']}", ""]
+    for k, v in errors.items():
+        lines += [f"Fehler in {k}: {v['error']}", ""]
+    if plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        labels, values = [], []
+        for line in rows[2:]:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            labels.append(cells[0])
+            values.append(float(cells[1]))
+        if labels:
+            fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.5))
+            ax.barh(labels[::-1], values[::-1], color="tab:blue")
+            ax.set_xscale("log")
+            ax.set_xlabel("Output-Tokens pro Sekunde (log)")
+            ax.set_title(env.get("gpu", "GPU"))
+            fig.tight_layout()
+            fig.savefig(path.with_suffix(".png"), dpi=100)
+            plt.close(fig)
+            lines += [f"![Durchsatz]({path.with_suffix('.png').name})", ""]
+    return io.write_text(path, "\n".join(lines))
