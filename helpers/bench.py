@@ -12,6 +12,7 @@ from pathlib import Path
 from . import course, io, paths
 
 TARGETS = {
+    "generation_loop_over_batch": 0.1,   # per-request loop tok/s ÷ offline batch tok/s: batch ≥ 10× the loop
     "notebooks_01_02_s": 180.0,   # notebooks 01 and 02 together on 2 cores, after setup
     "kurs_mini_build_s": 300.0,   # python -m helpers model build on 2 cores
 }
@@ -36,7 +37,80 @@ def bench_kurs_mini_build() -> dict:
         return {"kurs_mini_build_s": round(time.time() - t0, 1)}
 
 
-BENCHMARKS = {"notebooks": bench_notebooks_01_02, "model": bench_kurs_mini_build}
+def bench_lora_overhead(n_prompts: int = 32, max_tokens: int = 64, profile_name: str = "mini") -> dict:
+    """Offline throughput on the same prompts with 0, 1 and 2 LoRA adapters, in one run.
+
+    0 adapters: a plain engine (what "base throughput" means for a user). 1 and 2 adapters: one engine
+    with LoRA enabled, rank-16 random adapters (throughput does not depend on the weights), every request
+    carrying an adapter (2 adapters: alternating in the same batch). ``ignore_eos`` makes every request
+    generate exactly ``max_tokens``, so the variants do the same amount of work.
+    """
+    from . import adapters, gold, inference, prompts
+    from .profiles import load_profile
+
+    profile = load_profile(profile_name)
+    records = gold.sample(gold.load_qa(), n_prompts, seed=3)
+    conv = [prompts.qa_messages(r["question"], r["context"]) for r in records]
+    out: dict = {"lora_bench_prompts": n_prompts, "lora_bench_max_tokens": max_tokens}
+
+    def timed(llm, aset, names) -> float:
+        batch = inference.chat_prompts(llm, conv)
+        params = inference.sampling_params(profile, max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
+        t0 = time.perf_counter()
+        if aset is None:
+            gens = inference.generate(llm, batch, params, progress=False)
+        else:
+            gens = adapters.generate_mixed(llm, aset, batch, names, params, progress=False)
+        return sum(g.output_tokens for g in gens) / (time.perf_counter() - t0)
+
+    llm = inference.make_llm(profile)
+    timed(llm, None, None)  # warm-up: first batch pays one-off costs
+    out["lora0_tokens_per_s"] = round(timed(llm, None, None), 1)
+    inference.shutdown(llm)
+    with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:
+        rank = int(profile.lora.get("r", 16))
+        paths_ = {n: adapters.random_adapter(Path(tmp) / n, r=rank, seed=i) for i, n in enumerate(("a1", "a2"))}
+        llm, aset = adapters.make_lora_llm(profile, paths_, max_loras=2)
+        timed(llm, aset, ["a1"] * n_prompts)
+        out["lora1_tokens_per_s"] = round(timed(llm, aset, ["a1"] * n_prompts), 1)
+        out["lora2_tokens_per_s"] = round(timed(llm, aset, ["a1", "a2"] * (n_prompts // 2) + ["a1"] * (n_prompts % 2)), 1)
+        inference.shutdown(llm)
+    for k in (1, 2):
+        out[f"lora{k}_throughput_ratio"] = round(out[f"lora{k}_tokens_per_s"] / out["lora0_tokens_per_s"], 3)
+        print(f"{k} adapter(s): {out[f'lora{k}_tokens_per_s']} tok/s vs base {out['lora0_tokens_per_s']} tok/s "
+              f"-> ratio {out[f'lora{k}_throughput_ratio']:.2f} (overhead {1 - out[f'lora{k}_throughput_ratio']:.0%})",
+              flush=True)
+    return out
+
+
+BENCHMARKS = {"notebooks": bench_notebooks_01_02, "model": bench_kurs_mini_build, "lora": bench_lora_overhead}
+
+
+def bench_generation_batching() -> dict:
+    """Offline batching vs the sequential per-request loop, same generation prompts, one run (issue 4)."""
+    from . import throughput
+
+    return throughput.batching_benchmark("mini")
+
+
+BENCHMARKS["generation"] = bench_generation_batching
+
+
+def bench_train_mini() -> dict:
+    """One QLoRA training run of the mini profile (the 'fixed' adapter of notebook 05) on this machine (issue 5)."""
+    from . import training
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        train, evaluation = training.training_records(tmp)
+        t0 = time.time()
+        result = training.train("mini", train, evaluation, Path(tmp) / "adapters" / "fixed", progress=False)
+        total = time.time() - t0
+    return {"train_mini_s": round(total, 1), "train_mini_loop_s": result.info["seconds"],
+            "train_mini_tokens_per_s": result.info["tokens_per_s"]}
+
+
+BENCHMARKS["train"] = bench_train_mini
+TARGETS["train_mini_s"] = 300.0   # one QLoRA run of the mini profile (load, train, eval, save) on 2 cores
 
 
 def run(names: list[str] | None = None) -> dict:

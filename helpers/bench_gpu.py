@@ -137,6 +137,65 @@ def lora_tuning_options() -> dict:
     return options
 
 
+def random_checkpoint(out: str | Path, model_cfg: dict | None = None, seed: int = 0) -> Path:
+    """Save a Mistral-7B-shaped checkpoint with random bf16 weights (for QLoRA speed/memory, not quality)."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    out = Path(out)
+    if (out / "config.json").exists() and list(out.glob("*.safetensors")):
+        return out
+    torch.manual_seed(seed)
+    cfg = MistralConfig(**{**MISTRAL_7B, **(model_cfg or {})}, bos_token_id=1, eos_token_id=2)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = MistralForCausalLM(cfg).to(torch.bfloat16)
+    make_model_dir(out, **(model_cfg or {}))
+    model.save_pretrained(out, safe_serialization=True)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return out
+
+
+def long_records(n: int, target_chars: int = 2950) -> list[dict]:
+    """Gold QA records with contexts stretched to about 1024 Kurs-Mini tokens (batch 4 x 1024 training)."""
+    from . import documents, gold
+
+    corpus = " ".join(d.text for d in documents.load_corpus(paths.corpus_dir()))
+    qa = gold.load_qa(types=("factual", "conceptual"))
+    out = []
+    for i in range(n):
+        rec = dict(qa[i % len(qa)])
+        start = (i * 997) % max(1, len(corpus) - target_chars)
+        rec["context"] = (rec["context"] + " " + corpus[start:start + target_chars])[:target_chars]
+        rec["id"] = f"bench-{i}"
+        out.append(rec)
+    return out
+
+
+def bench_qlora(workdir: Path, steps: int = 30, model_cfg: dict | None = None) -> dict:
+    """QLoRA through the course's own `train` step at batch 4 x 1024 tokens: peak memory and tokens/s."""
+    import dataclasses
+
+    from . import training
+    from .profiles import load_profile
+
+    ckpt = random_checkpoint(workdir / "mistral-7b-random", model_cfg)
+    base = load_profile("h100")
+    train_cfg = {**base.train, "batch_size": 4, "grad_accum": 1, "max_length": 1024, "max_steps": steps,
+                 "gradient_checkpointing": True, "optimizer": "paged_adamw_8bit", "logging_steps": 5,
+                 "save_steps": 10 ** 6}
+    profile = dataclasses.replace(base, train_model=str(ckpt), train=train_cfg,
+                                  lora={**base.lora, "r": 16, "target_modules": "all-linear"})
+    result = training.train(profile, long_records(4 * steps), None, workdir / "qlora-adapter", progress=False)
+    info = result.info
+    return {"qlora": {"steps": steps, "batch": "4 x 1024", "peak_memory_gb": round(info["peak_memory_mb"] / 1024, 2),
+                      "tokens_per_s": info["tokens_per_s"], "seconds": info["seconds"],
+                      "train_tokens_per_example": round(info["train_tokens"] / max(1, info["train_examples"]), 1),
+                      "trainable_parameters": info["trainable_parameters"]}}
+
+
 def bench_vllm(workdir: Path, parts: list[str], n_prompts: int = 256, model_cfg: dict | None = None,
                engine_kw: dict | None = None, max_tokens: int = OUTPUT_TOKENS) -> dict:
     """Raw offline throughput, sequential loop, CUDA graphs vs eager, and LoRA 0/1/4 adapters."""
@@ -146,6 +205,8 @@ def bench_vllm(workdir: Path, parts: list[str], n_prompts: int = 256, model_cfg:
     from vllm import LLM
     from vllm.lora.request import LoRARequest
 
+    if "qlora" in parts:
+        return bench_qlora(workdir, model_cfg=model_cfg)
     model_cfg = {**MISTRAL_7B, **(model_cfg or {})}
     model_dir = make_model_dir(workdir / "mistral-7b-dummy", **model_cfg)
     prompts = token_prompts(n_prompts, vocab=min(4000, model_cfg["vocab_size"]))
@@ -196,7 +257,7 @@ def bench_vllm(workdir: Path, parts: list[str], n_prompts: int = 256, model_cfg:
     return results
 
 
-PARTS = ("eager", "graphs", "lora", "lora-tuned")
+PARTS = ("eager", "graphs", "lora", "lora-tuned", "qlora")
 
 
 def run_part(part: str, workdir: Path, n_prompts: int, model_cfg: dict | None = None,
@@ -267,6 +328,13 @@ def write_markdown(results: dict, path: str | Path | None = None, plot: bool = T
             for k in ("0", "1", "4"):
                 row(f"{label}: {k} Adapter", r["runs"][k], f"Verhältnis zu 0: {r['runs'][k]['tokens_per_s'] / r['runs']['0']['tokens_per_s']:.2f}; Settings {r['settings']}")
     lines += rows + [""]
+    if "qlora" in results:
+        q = results["qlora"]
+        lines += ["## QLoRA über den `train`-Schritt des Kurses", "",
+                  f"Batch {q['batch']} Tokens, {q['steps']} Schritte, NF4 + Double Quant, LoRA r16 auf allen "
+                  "linearen Schichten, Gradient Checkpointing, paged AdamW 8-bit.", "",
+                  "| Peak-Speicher (GB) | Tokens/s | Sekunden | Tokens pro Beispiel |", "|---|---|---|---|",
+                  f"| {q['peak_memory_gb']} | {q['tokens_per_s']} | {q['seconds']} | {q['train_tokens_per_example']} |", ""]
     errors = {k: v for k, v in results.items() if isinstance(v, dict) and "error" in v}
     if "error" in results:
         lines += [f"Fehler: {results['error']}", ""]

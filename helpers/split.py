@@ -52,3 +52,121 @@ def gold_splits(seed: int = 0) -> dict[str, list[dict]]:
     from . import gold
 
     return group_split(gold.load_qa(), "doc_id", DEFAULT_FRACTIONS, seed)
+
+
+# --------------------------------------------------------------------------- the course's training data
+def _norm_context(text: str) -> str:
+    import re
+
+    return re.sub(r"\s+", " ", text or "").strip().lower()
+
+
+def context_leaks(splits: dict[str, list[dict]], train: str = "train") -> set[str]:
+    """Contexts (whitespace-normalised) of any non-train split that also occur in train (must be empty)."""
+    train_ctx = {_norm_context(r.get("context", "")) for r in splits.get(train, [])} - {""}
+    return {_norm_context(r.get("context", "")) for name, recs in splits.items() if name != train
+            for r in recs} & train_ctx
+
+
+def pair_split(records: list[dict], fractions: dict[str, float] | None = None, seed: int = 0) -> dict[str, list[dict]]:
+    """The original series' mistake, for comparison only: every QA pair drawn into a split on its own."""
+    fractions = fractions or DEFAULT_FRACTIONS
+    recs = list(records)
+    random.Random(seed).shuffle(recs)
+    out, start = {}, 0
+    names = list(fractions)
+    for i, name in enumerate(names):
+        end = len(recs) if i == len(names) - 1 else start + round(fractions[name] * len(recs))
+        out[name] = recs[start:end]
+        start = end
+    return out
+
+
+def leak_share(splits: dict[str, list[dict]], group_key: str = "doc_id", split: str = "eval") -> float:
+    """Share of a split's records whose group (document) also occurs in train."""
+    train_groups = {r[group_key] for r in splits.get("train", [])}
+    recs = splits.get(split, [])
+    return sum(r[group_key] in train_groups for r in recs) / len(recs) if recs else 0.0
+
+
+def training_splits(generated: list[dict], seed: int = 0, scrub: bool = True) -> tuple[dict[str, list[dict]], list[dict]]:
+    """Train/val/eval for the course: gold pairs plus QC-accepted generated pairs, labelled by ``source``.
+
+    The gold split by document (:func:`gold_splits`) decides where each document goes; a generated pair
+    follows its document. ``eval`` stays gold-only: generated pairs of eval documents are returned as
+    rejects (reason ``eval_document``), so no eval context reaches training. Train and val pairs are
+    PII-scrubbed (question, answer, context) when ``scrub`` is set. Generated pairs of documents without
+    gold items go to train.
+    """
+    from . import qc
+
+    gold = gold_splits(seed)
+    doc_split = {r["doc_id"]: name for name, recs in gold.items() for r in recs}
+    out: dict[str, list[dict]] = {name: [] for name in DEFAULT_FRACTIONS}
+    for name, recs in gold.items():
+        for r in recs:
+            rec = {**r, "source": "gold"}
+            out[name].append(qc.scrub_record(rec) if scrub and name != "eval" else rec)
+    rejects = []
+    for r in generated:
+        name = doc_split.get(r["doc_id"], "train")
+        if name == "eval":
+            rejects.append({**r, "stage": "split", "reason": "eval_document",
+                            "detail": "eval is gold-only; this document's pairs stay out of training"})
+            continue
+        out[name].append({**r, "source": r.get("source", "generated")})
+    for recs in out.values():
+        recs.sort(key=lambda r: (r["source"], r["id"]))
+    return out, rejects
+
+
+def split_counts(splits: dict[str, list[dict]]):
+    """Records per split, source and type (DataFrame)."""
+    import pandas as pd
+
+    rows = [{"split": name, "source": r.get("source", "?"), "type": r.get("type", "?")}
+            for name, recs in splits.items() for r in recs]
+    df = pd.DataFrame(rows, columns=["split", "source", "type"])
+    return df.groupby(["split", "source", "type"]).size().unstack("type", fill_value=0)
+
+
+def write_splits(splits: dict[str, list[dict]], out_dir) -> dict[str, int]:
+    from pathlib import Path
+
+    from . import io
+
+    for name, recs in splits.items():
+        io.write_jsonl(Path(out_dir) / f"{name}.jsonl", recs)
+    return {name: len(recs) for name, recs in splits.items()}
+
+
+def split_file(input_path, out_dir, rejects_path, by: str = "doc_id", seed: int = 0,
+               with_gold: bool = True) -> dict:
+    """The ``split`` step: QA JSONL → ``train/val/eval.jsonl`` (checked leak-free before writing)."""
+    from . import io
+
+    records = io.read_jsonl(input_path)
+    if with_gold:
+        splits, rejects = training_splits(records, seed)
+        groups_leaked = leaked_groups(splits, "doc_id")
+    else:
+        splits, rejects = group_split(records, by, DEFAULT_FRACTIONS, seed), []
+        groups_leaked = leaked_groups(splits, by)
+    leaks = context_leaks(splits)
+    if groups_leaked or leaks:
+        raise ValueError(f"Split would leak {len(groups_leaked)} groups / {len(leaks)} contexts into train; "
+                         "check for duplicate documents or contexts shared across documents.")
+    io.write_jsonl(rejects_path, rejects)
+    return {"counts": write_splits(splits, out_dir), "rejects": len(rejects)}
+
+
+def ensure_splits(profile=None, work_dir=None, llm=None, seed: int = 0):
+    """``splits/{train,val,eval}.jsonl`` of this run: found, or built (… → QC → split). Returns the folder."""
+    from . import dataset, qc
+
+    out = dataset.files(work_dir)
+    if all((out.splits / f"{n}.jsonl").exists() for n in DEFAULT_FRACTIONS):
+        return out.splits
+    accepted = qc.ensure_accepted(profile, work_dir, llm=llm)
+    split_file(accepted, out.splits, out.rejects("split"), seed=seed)
+    return out.splits

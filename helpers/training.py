@@ -316,18 +316,6 @@ def peak_memory_mb(profile: Profile) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _progress_callback():
-    from transformers import TrainerCallback
-
-    class LossPrinter(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and ("loss" in logs or "eval_loss" in logs):
-                shown = {k: round(v, 4) for k, v in logs.items() if k in ("loss", "eval_loss", "learning_rate")}
-                print(f"step {state.global_step}/{state.max_steps}: {shown}", flush=True)
-
-    return LossPrinter()
-
-
 def train(profile: Profile | str, train_records: list[dict], eval_records: list[dict] | None, output_dir: str | Path,
           pad_as_eos: bool = False, collator: str = "completion", resume: bool = False,
           tracker=None, rejects_path: str | Path | None = None, max_steps: int | None = None,
@@ -377,7 +365,7 @@ def train(profile: Profile | str, train_records: list[dict], eval_records: list[
         use_cpu=profile.device == "cpu", report_to="none", remove_unused_columns=False,
         dataloader_pin_memory=profile.device == "cuda", seed=cfg.get("seed", 0), disable_tqdm=not progress,
     )
-    callbacks = [] if progress else [_progress_callback()]
+    callbacks = []  # without tqdm the Trainer prints each log line itself
     run_info = {"profile": profile.name, "base_model": model_dir, "pad_as_eos": pad_as_eos, "collator": collator,
                 "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "lora_r": profile.lora["r"],
                 "lora_alpha": profile.lora["alpha"], "target_modules": profile.lora.get("target_modules"),
@@ -404,19 +392,20 @@ def train(profile: Profile | str, train_records: list[dict], eval_records: list[
         print(f"Resuming from {checkpoint}" if checkpoint else f"--resume: no checkpoint in {ckpt_dir}, starting fresh")
     if profile.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     try:
         out = trainer.train(resume_from_checkpoint=checkpoint)
     except BaseException:
         if tracker is not None:
             tracker.end(status="FAILED")
         raise
-    seconds = time.time() - t0
+    seconds, cpu_seconds = time.time() - t0, time.process_time() - cpu0
     history = trainer.state.log_history
     losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
     eval_losses = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
     trained_tokens = run_info["train_tokens"] / len(train_enc) * steps * cfg["batch_size"] * cfg.get("grad_accum", 1)
-    info = {**run_info, "seconds": round(seconds, 1), "train_loss": out.training_loss,
+    info = {**run_info, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1), "threads": torch.get_num_threads(),
+            "train_loss": out.training_loss,
             "loss_first": losses[0][1] if losses else None, "loss_last": losses[-1][1] if losses else None,
             "eval_loss_last": eval_losses[-1][1] if eval_losses else None, "losses": losses,
             "eval_losses": eval_losses, "peak_memory_mb": peak_memory_mb(profile),
@@ -548,3 +537,37 @@ def lora_request(name: str, adapter_dir: str | Path, profile: Profile | str | No
         raise AdapterMismatchError(f"Adapter {adapter_dir} has rank {config['r']} > max_lora_rank {limit} of "
                                    f"profile '{profile.name}'. Retrain with a smaller lora.r or raise max_lora_rank.")
     return LoRARequest(name, lora_id, str(Path(adapter_dir).resolve()))
+
+
+# --------------------------------------------------------------------------- reporting
+def report_table(info: dict):
+    """The numbers of one training run worth showing (time, memory, throughput, losses, data)."""
+    import pandas as pd
+
+    keys = [("seconds", "Trainingszeit (s)"), ("max_steps", "Schritte"), ("batch_size", "Batchgröße"),
+            ("train_examples", "Trainingsbeispiele"), ("tokens_per_s", "Tokens/s (Training)"),
+            ("peak_memory_mb", f"Spitzenspeicher (MB, {info.get('memory_kind')})"),
+            ("trainable_parameters", "trainierbare Parameter (LoRA)"), ("total_parameters", "Parameter gesamt"),
+            ("loss_first", "Loss am Anfang"), ("loss_last", "Loss am Ende"), ("eval_loss_last", "Eval-Loss am Ende"),
+            ("dataset_fingerprint", "Datensatz-Fingerprint")]
+    return pd.DataFrame([(label, info.get(key)) for key, label in keys], columns=["Größe", "Wert"])
+
+
+def plot_losses(runs: dict[str, dict], title: str = "Loss während des Trainings"):
+    """Training (solid) and eval loss (dashed markers) per step for one or more runs' training_info."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name, info in runs.items():
+        if info.get("losses"):
+            steps, values = zip(*info["losses"])
+            line, = ax.plot(steps, values, label=f"{name} (train)")
+            if info.get("eval_losses"):
+                e_steps, e_values = zip(*info["eval_losses"])
+                ax.plot(e_steps, e_values, "o--", color=line.get_color(), label=f"{name} (eval)")
+    ax.set_xlabel("Schritt")
+    ax.set_ylabel("Loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig

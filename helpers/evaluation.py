@@ -1,0 +1,520 @@
+"""Evaluation of the base model and its LoRA adapters on the held-out split, with honest uncertainty.
+
+Per item: did the model stop by itself (vLLM finish reason "stop", not a string heuristic), was it
+truncated ("length"), how long is the answer, did it refuse where the context has no answer (and not where
+it has one), is the answer grounded in the context (word overlap, every number occurs in the context),
+token-F1 and ROUGE-L against the reference answer.
+
+Aggregated: every rate and mean with a seeded percentile-bootstrap confidence interval. Base vs adapter
+are compared *paired* (the same questions): an exact McNemar test for yes/no metrics (binomial test on the
+discordant pairs) and a paired bootstrap of the mean difference for continuous ones. The original series
+reported "40 % vs 93 %" on 15 questions without any interval; with n=15 the 95 % interval of a 40 % rate
+spans roughly 15-65 %.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from . import io, prompts
+from .profiles import Profile, load_profile
+
+RATE_METRICS = ("stopped", "truncated", "refusal_correct", "false_refusal", "grounded", "numbers_grounded")
+MEAN_METRICS = ("answer_tokens", "token_f1", "rouge_l", "context_overlap")
+GERMAN = {
+    "stopped": "stoppt selbst (finish_reason=stop)", "truncated": "abgeschnitten (finish_reason=length)",
+    "refusal_correct": "verweigert bei unbeantwortbaren Fragen", "false_refusal": "verweigert bei beantwortbaren",
+    "grounded": "im Kontext verankert", "numbers_grounded": "alle Zahlen im Kontext",
+    "answer_tokens": "Antwortlänge (Tokens)", "token_f1": "Token-F1 zur Referenz", "rouge_l": "ROUGE-L zur Referenz",
+    "context_overlap": "Wortanteil aus dem Kontext",
+}
+REQUIRED_FIELDS = ("id", "question", "context", "answer", "type")
+QA_TYPES = ("factual", "conceptual", "comparison", "unanswerable")
+GROUNDED_OVERLAP = 0.6   # share of the answer's content words that must occur in the context
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+class EvaluationError(ValueError):
+    pass
+
+
+# --------------------------------------------------------------------------- text metrics
+def tokens(text: str) -> list[str]:
+    return _WORD.findall((text or "").lower())
+
+
+def numbers(text: str) -> set[str]:
+    """Numbers as written, with thousands/decimal separators normalised away ("1.000" and "1000" match)."""
+    return {re.sub(r"[.,]", "", n) for n in _NUMBER.findall(text or "")}
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style token F1 (bag of lowercase words)."""
+    pred, ref = tokens(prediction), tokens(reference)
+    if not pred and not ref:
+        return 1.0
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b, 1):
+            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure (longest common subsequence of lowercase words, beta = 1)."""
+    pred, ref = tokens(prediction), tokens(reference)
+    if not pred and not ref:
+        return 1.0
+    lcs = _lcs(pred, ref)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def is_refusal(answer: str, refusal: str = prompts.REFUSAL) -> bool:
+    """The answer is (or contains) the course's fixed refusal sentence, ignoring case and punctuation."""
+    norm = " ".join(tokens(refusal))
+    return bool(norm) and norm in " ".join(tokens(answer))
+
+
+def context_overlap(answer: str, context: str, min_len: int = 4) -> float | None:
+    """Share of the answer's content words (>= min_len characters, or numbers) that occur in the context."""
+    ctx = set(tokens(context))
+    words = [w for w in tokens(answer) if len(w) >= min_len or w.isdigit()]
+    if not words:
+        return None
+    return sum(w in ctx for w in words) / len(words)
+
+
+def score_item(record: dict, answer: str, finish_reason: str, output_tokens: int,
+               variant: str = "base") -> dict:
+    """All per-item metrics for one generated answer; metrics that do not apply are None."""
+    answerable = record["type"] != "unanswerable"
+    refused = is_refusal(answer)
+    overlap = context_overlap(answer, record["context"]) if answerable and not refused else None
+    nums = numbers(answer)
+    nums_ok = (nums <= numbers(record["context"])) if (answerable and nums and not refused) else None
+    grounded = None
+    if answerable:
+        grounded = (not refused and overlap is not None and overlap >= GROUNDED_OVERLAP
+                    and nums_ok is not False)
+    return {
+        "id": record["id"], "variant": variant, "type": record["type"], "question": record["question"],
+        "reference": record["answer"], "answer": answer, "finish_reason": finish_reason,
+        "answer_tokens": output_tokens,
+        "stopped": finish_reason == "stop", "truncated": finish_reason == "length",
+        "refused": refused,
+        "refusal_correct": refused if not answerable else None,
+        "false_refusal": refused if answerable else None,
+        "context_overlap": overlap, "numbers_grounded": nums_ok, "grounded": grounded,
+        "token_f1": token_f1(answer, record["answer"]), "rouge_l": rouge_l(answer, record["answer"]),
+    }
+
+
+# --------------------------------------------------------------------------- statistics
+def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, alpha: float = 0.05,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (seeded, so the same data give the same interval).
+
+    Note: for a rate of 0 % or 100 % every resample has the same rate, so the interval collapses to a
+    point - that says "n is too small to see a miss", not "certain".
+    """
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    return (float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2)))
+
+
+def mcnemar_exact(before: Sequence[bool], after: Sequence[bool]) -> dict:
+    """Exact McNemar test for paired yes/no outcomes: a two-sided binomial test on the discordant pairs.
+
+    ``gained``: items no before and yes after; ``lost``: yes before and no after. Under H0 (no difference)
+    each discordant pair goes either way with probability 1/2; concordant pairs carry no information.
+    """
+    from scipy.stats import binomtest
+
+    if len(before) != len(after):
+        raise ValueError(f"paired test needs equal lengths, got {len(before)} and {len(after)}")
+    gained = sum(1 for a, b in zip(before, after) if not a and b)
+    lost = sum(1 for a, b in zip(before, after) if a and not b)
+    n = gained + lost
+    p = 1.0 if n == 0 else float(binomtest(gained, n, 0.5, alternative="two-sided").pvalue)
+    return {"gained": gained, "lost": lost, "discordant": n, "p_value": p}
+
+
+def paired_bootstrap(before: Sequence[float], after: Sequence[float], n_boot: int = 2000, alpha: float = 0.05,
+                     seed: int = 0) -> dict:
+    """Mean of (after - before) over pairs, with a percentile bootstrap interval that resamples *pairs*.
+
+    ``p_value``: two-sided bootstrap p (twice the share of resampled mean differences on the far side of
+    zero), floored at 1/n_boot - it is an approximation; the interval is the main result.
+    """
+    a, b = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired test needs equal lengths, got {a.size} and {b.size}")
+    if a.size == 0:
+        nan = float("nan")
+        return {"mean_diff": nan, "ci_low": nan, "ci_high": nan, "p_value": nan, "n": 0}
+    d = b - a
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
+    side = min(np.mean(means <= 0), np.mean(means >= 0))
+    return {"mean_diff": float(d.mean()), "ci_low": float(np.quantile(means, alpha / 2)),
+            "ci_high": float(np.quantile(means, 1 - alpha / 2)),
+            "p_value": float(min(1.0, max(2 * side, 1 / n_boot))), "n": int(d.size)}
+
+
+def _values(items: Iterable[dict], metric: str) -> list[float]:
+    return [float(it[metric]) for it in items if it.get(metric) is not None]
+
+
+def summarize(items: Sequence[dict], n_boot: int = 2000, seed: int = 0) -> dict[str, dict[str, dict]]:
+    """{variant: {metric: {value, ci_low, ci_high, n}}} for every rate and mean metric."""
+    out: dict[str, dict[str, dict]] = {}
+    for variant in dict.fromkeys(it["variant"] for it in items):
+        rows = [it for it in items if it["variant"] == variant]
+        out[variant] = {}
+        for metric in RATE_METRICS + MEAN_METRICS:
+            vals = _values(rows, metric)
+            lo, hi = bootstrap_ci(vals, n_boot, seed=seed)
+            out[variant][metric] = {"value": float(np.mean(vals)) if vals else None,
+                                    "ci_low": lo if vals else None, "ci_high": hi if vals else None,
+                                    "n": len(vals)}
+    return out
+
+
+def compare(items: Sequence[dict], base: str = "base", other: str = "fixed", n_boot: int = 2000,
+            seed: int = 0) -> dict[str, dict]:
+    """Paired comparison of two variants on the items both answered (matched by id)."""
+    by_id = {v: {it["id"]: it for it in items if it["variant"] == v} for v in (base, other)}
+    for v in (base, other):
+        if not by_id[v]:
+            known = ", ".join(dict.fromkeys(it["variant"] for it in items))
+            raise EvaluationError(f"No results for variant '{v}'. Variants in these results: {known}.")
+    ids = [i for i in by_id[base] if i in by_id[other]]
+    out = {}
+    for metric in RATE_METRICS:
+        pairs = [(by_id[base][i][metric], by_id[other][i][metric]) for i in ids
+                 if by_id[base][i][metric] is not None and by_id[other][i][metric] is not None]
+        a, b = [bool(x) for x, _ in pairs], [bool(y) for _, y in pairs]
+        test = mcnemar_exact(a, b)
+        out[metric] = {"test": "McNemar (exact)", "n": len(pairs),
+                       "base": float(np.mean(a)) if a else None, "other": float(np.mean(b)) if b else None,
+                       "diff": float(np.mean(b) - np.mean(a)) if a else None, **test}
+    for metric in MEAN_METRICS:
+        pairs = [(by_id[base][i][metric], by_id[other][i][metric]) for i in ids
+                 if by_id[base][i][metric] is not None and by_id[other][i][metric] is not None]
+        res = paired_bootstrap([x for x, _ in pairs], [y for _, y in pairs], n_boot, seed=seed)
+        out[metric] = {"test": "paired bootstrap", "base": float(np.mean([x for x, _ in pairs])) if pairs else None,
+                       "other": float(np.mean([y for _, y in pairs])) if pairs else None,
+                       "diff": res["mean_diff"], **res}
+    return out
+
+
+def summary_table(summary: dict[str, dict[str, dict]]):
+    """One row per metric, one column group per variant: "value [ci_low, ci_high] (n)"."""
+    import pandas as pd
+
+    rows = []
+    for metric in RATE_METRICS + MEAN_METRICS:
+        row = {"metric": metric, "bedeutung": GERMAN[metric]}
+        for variant, metrics in summary.items():
+            m = metrics[metric]
+            row[variant] = ("–" if m["value"] is None else
+                            f"{m['value']:.2f} [{m['ci_low']:.2f}, {m['ci_high']:.2f}] (n={m['n']})")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def comparison_table(comparison: dict[str, dict]):
+    import pandas as pd
+
+    rows = []
+    for metric, c in comparison.items():
+        rows.append({"metric": metric, "test": c["test"], "n": c["n"], "base": c["base"], "adapter": c["other"],
+                     "diff": c["diff"], "ci/discordant": (f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
+                                                          if "ci_low" in c else f"+{c['gained']} / -{c['lost']}"),
+                     "p_value": c["p_value"]})
+    return pd.DataFrame(rows)
+
+
+def plot_summary(summary: dict[str, dict[str, dict]], metrics: Sequence[str] = RATE_METRICS):
+    """Bar chart of rates per variant with their bootstrap intervals as error bars."""
+    import matplotlib.pyplot as plt
+
+    variants = list(summary)
+    width = 0.8 / max(len(variants), 1)
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    for k, variant in enumerate(variants):
+        xs, ys, err = [], [], [[], []]
+        for i, metric in enumerate(metrics):
+            m = summary[variant][metric]
+            if m["value"] is None:
+                continue
+            xs.append(i + k * width)
+            ys.append(m["value"])
+            err[0].append(max(m["value"] - m["ci_low"], 0))
+            err[1].append(max(m["ci_high"] - m["value"], 0))
+        ax.bar(xs, ys, width, yerr=err, capsize=3, label=variant)
+    ax.set_xticks([i + width * (len(variants) - 1) / 2 for i in range(len(metrics))])
+    ax.set_xticklabels([GERMAN[m] for m in metrics], rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("Anteil (95 %-Bootstrap-KI)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- data in
+def validate_records(records: Sequence[dict], rejects_path: str | Path | None = None,
+                     source: str = "") -> list[dict]:
+    """Keep records with all fields and a known type; the rest go to the rejects file with a reason."""
+    good, rejects, seen = [], [], set()
+    for i, rec in enumerate(records):
+        missing = [f for f in REQUIRED_FIELDS if not isinstance(rec.get(f), str) or not rec.get(f).strip()]
+        reason = None
+        if missing:
+            reason = f"missing or empty field(s): {', '.join(missing)}"
+        elif rec["type"] not in QA_TYPES:
+            reason = f"unknown type '{rec['type']}' (expected one of {', '.join(QA_TYPES)})"
+        elif rec["id"] in seen:
+            reason = f"duplicate id '{rec['id']}'"
+        if reason:
+            rejects.append({**rec, "reason": reason, "stage": "evaluate", "source": f"{source}#{i + 1}"})
+            continue
+        seen.add(rec["id"])
+        good.append(rec)
+    if rejects and rejects_path:
+        io.append_jsonl(rejects_path, rejects)
+    if not good:
+        raise EvaluationError(f"No usable evaluation records in {source or 'the input'} ({len(rejects)} rejected"
+                              + (f", see {rejects_path}" if rejects_path else "") + "). Each record needs "
+                              f"{', '.join(REQUIRED_FIELDS)}; type one of {', '.join(QA_TYPES)}.")
+    return good
+
+
+def load_eval(path: str | Path | None = None, rejects_path: str | Path | None = None) -> list[dict]:
+    """Evaluation records from a JSONL file, or the gold set's held-out split when ``path`` is None."""
+    if path is None:
+        from . import split
+
+        return validate_records(split.gold_splits()["eval"], rejects_path, "gold eval split")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Evaluation file {path} does not exist. Omit --eval to use the gold set's "
+                                "held-out split, or write one with helpers.split.gold_splits()['eval'].")
+    return validate_records(io.read_jsonl(path), rejects_path, str(path))
+
+
+# --------------------------------------------------------------------------- the run
+def _generate_base(profile: Profile, conv: list, params, progress: bool) -> tuple[list, float]:
+    """Base model in a plain engine; the engine is released when this function returns."""
+    import gc
+
+    from . import inference
+
+    llm = inference.make_llm(profile)
+    try:
+        t0 = time.perf_counter()
+        gens = inference.generate(llm, inference.chat_prompts(llm, conv), params, progress=progress)
+        return gens, time.perf_counter() - t0
+    finally:
+        inference.shutdown(llm)
+        del llm
+        gc.collect()  # the old engine must be gone before the next one starts in this process
+
+
+def _generate_adapters(profile: Profile, adapters: dict, conv: list, names: list, params,
+                       progress: bool) -> tuple[list, float]:
+    """One mixed batch over the adapters (and the base model where it may join) in a LoRA engine."""
+    import gc
+
+    from . import adapters as lora, inference
+
+    llm, aset = lora.make_lora_llm(profile, adapters, base_via_adapter=False)
+    try:
+        chat = inference.chat_prompts(llm, conv)
+        t0 = time.perf_counter()
+        gens = lora.generate_mixed(llm, aset, chat, names, params, progress=progress)
+        return gens, time.perf_counter() - t0
+    finally:
+        inference.shutdown(llm)
+        del llm
+        gc.collect()
+
+
+def run(profile: Profile | str | None, records: Sequence[dict], adapters: dict[str, str] | None = None,
+        max_tokens: int | None = None, progress: bool = True) -> list[dict]:
+    """Answer every record with the base model and every adapter, greedy (reproducible), and score them.
+
+    All adapters run in ONE mixed batch (one LoRARequest per prompt). The base model joins that batch
+    on GPUs. Where the installed vLLM would leak adapter weights into base requests (its PyTorch LoRA ops,
+    used on CPU; see adapters.base_requests_leak), the base model runs first in a plain engine instead -
+    correct, and on CPU also ~30x faster than the LoRA path (``make bench``). Returns one item per
+    (record, variant); engines are shut down before returning.
+    """
+    from . import adapters as lora, inference
+
+    profile = profile if isinstance(profile, Profile) else load_profile(profile)
+    adapters = dict(adapters or {})
+    lora.check_all(adapters, profile)
+    conv = [prompts.qa_messages(r["question"], r["context"]) for r in records]
+    params = inference.sampling_params(profile, temperature=0.0,
+                                       max_tokens=max_tokens or profile.generation["max_tokens"])
+    base_apart = not adapters or lora.needs_base_adapter(profile)
+    items: list[dict] = []
+
+    def score(batch, gens, seconds):
+        for (variant, rec), g in zip(batch, gens):
+            items.append({**score_item(rec, g.text, g.finish_reason, g.output_tokens, variant),
+                          "batch_seconds": round(seconds, 2)})
+
+    if base_apart:
+        score([(lora.BASE, r) for r in records], *_generate_base(profile, conv, params, progress))
+    if adapters:
+        variants = ([] if base_apart else [lora.BASE]) + list(adapters)
+        batch = [(v, r) for v in variants for r in records]
+        score(batch, *_generate_adapters(profile, adapters, conv * len(variants), [v for v, _ in batch], params,
+                                         progress))
+    return items
+
+
+def report(items: Sequence[dict], base: str = "base", n_boot: int = 2000, seed: int = 0) -> dict:
+    """Summary per variant plus a paired comparison of every adapter with the base model."""
+    summary = summarize(items, n_boot, seed)
+    comparisons = {v: compare(items, base, v, n_boot, seed) for v in summary if v != base}
+    return {"summary": summary, "comparisons": comparisons}
+
+
+def evaluate_to_file(profile: Profile | str | None, adapters: dict[str, str] | None, output: str | Path,
+                     eval_path: str | Path | None = None, limit: int | None = None, max_tokens: int | None = None,
+                     n_boot: int = 2000, seed: int = 0, progress: bool = True) -> dict:
+    """The CLI step: load + validate the eval set, run, score, write per-item results and summary atomically.
+
+    ``output`` (JSON) gets config, summary, comparisons and items; rejected eval records go to
+    ``<output>.rejects.jsonl``. The run is one batch (about a minute on CPU), so it is not resumable:
+    a failed run leaves no output behind and is simply repeated.
+    """
+    from . import gold
+
+    profile = profile if isinstance(profile, Profile) else load_profile(profile)
+    output = Path(output)
+    rejects = output.with_suffix(".rejects.jsonl")
+    records = load_eval(eval_path, rejects)
+    records = gold.sample(records, limit, seed) if limit else records
+    items = run(profile, records, adapters, max_tokens=max_tokens, progress=progress)
+    result: dict[str, Any] = {
+        "config": {"profile": profile.name, "eval": str(eval_path or "gold eval split"), "records": len(records),
+                   "adapters": dict(adapters or {}), "max_tokens": max_tokens or profile.generation["max_tokens"],
+                   "n_boot": n_boot, "seed": seed, "grounded_overlap": GROUNDED_OVERLAP},
+        **report(items, n_boot=n_boot, seed=seed), "items": items}
+    io.write_json(output, result)
+    return result
+
+
+# --------------------------------------------------------------------------- for the notebook
+def rate_interval(successes: int, n: int, n_boot: int = 4000, seed: int = 0) -> dict:
+    """Rate and bootstrap interval for ``successes`` of ``n`` (e.g. the original series' 6/15 and 14/15)."""
+    lo, hi = bootstrap_ci([1] * successes + [0] * (n - successes), n_boot, seed=seed)
+    return {"treffer": successes, "n": n, "rate": successes / n if n else None, "ci_low": lo, "ci_high": hi}
+
+
+def plot_lengths(items: Sequence[dict], max_tokens: int | None = None):
+    """Histogram of answer lengths per variant; a pile-up at max_tokens means "never stopped"."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    variants = list(dict.fromkeys(it["variant"] for it in items))
+    top = max_tokens or max(it["answer_tokens"] for it in items)
+    bins = np.linspace(0, top + 1, 25)
+    for variant in variants:
+        ax.hist([it["answer_tokens"] for it in items if it["variant"] == variant], bins=bins, alpha=0.6,
+                label=variant)
+    ax.axvline(top, color="grey", linestyle="--", label="max_tokens")
+    ax.set_xlabel("Antwortlänge (Tokens)")
+    ax.set_ylabel("Anzahl Fragen")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def item_html(items: Sequence[dict], item_id: str) -> str:
+    """One question with the reference and every variant's answer and per-item metrics, as HTML."""
+    import html
+
+    rows = [it for it in items if it["id"] == item_id]
+    if not rows:
+        raise EvaluationError(f"No item '{item_id}' in these results.")
+    first = rows[0]
+    out = [f"<b>{html.escape(first['id'])}</b> ({first['type']})<br><b>Frage:</b> {html.escape(first['question'])}",
+           f"<br><b>Referenz:</b> {html.escape(first['reference'])}"]
+    for it in rows:
+        flags = ", ".join(f"{k}={it[k]}" for k in ("finish_reason", "answer_tokens", "refused", "grounded")
+                          if it.get(k) is not None)
+        out.append(f"<hr><b>{html.escape(it['variant'])}</b> <small>({flags}; F1 {it['token_f1']:.2f}, "
+                   f"ROUGE-L {it['rouge_l']:.2f})</small><br><pre style='white-space:pre-wrap'>"
+                   f"{html.escape(it['answer'])}</pre>")
+    return "".join(out)
+
+
+def browser(items: Sequence[dict]):
+    """An ipywidgets browser over the items: filter by type, pick a question, see all variants side by side.
+
+    Works headless (papermill stores the widget and its first view); the HTML of the first item is also
+    rendered directly so a static notebook shows one example.
+    """
+    import ipywidgets as widgets
+
+    ids_by_type = {}
+    for it in items:
+        ids_by_type.setdefault(it["type"], []).append(it["id"])
+        ids_by_type.setdefault("alle", []).append(it["id"])
+    ids_by_type = {k: list(dict.fromkeys(v)) for k, v in ids_by_type.items()}
+    kind = widgets.Dropdown(options=sorted(ids_by_type), value="alle", description="Typ")
+    pick = widgets.Dropdown(options=ids_by_type["alle"], description="Frage")
+    view = widgets.HTML(item_html(items, ids_by_type["alle"][0]))
+
+    def on_kind(change):
+        pick.options = ids_by_type[change["new"]]
+
+    def on_pick(change):
+        if change["new"]:
+            view.value = item_html(items, change["new"])
+
+    kind.observe(on_kind, names="value")
+    pick.observe(on_pick, names="value")
+    return widgets.VBox([widgets.HBox([kind, pick]), view])
+
+
+def interval_table(summary: dict[str, dict[str, dict]], metric: str = "stopped",
+                   extra: dict[str, tuple[int, int]] | None = None):
+    """Rate intervals for given (successes, n) pairs next to each variant's measured rate of ``metric``."""
+    import pandas as pd
+
+    rows = {name: rate_interval(k, n) for name, (k, n) in (extra or {}).items()}
+    for variant, metrics in summary.items():
+        m = metrics[metric]
+        if m["n"]:
+            rows[f"hier: {variant}"] = rate_interval(round(m["value"] * m["n"]), m["n"])
+    return pd.DataFrame(rows).T

@@ -1,0 +1,388 @@
+"""Self-hosted QA generation with vLLM offline batch inference, JSON-schema constrained decoding, resume
+and sharding.
+
+- Four request types per chunk: ``factual``, ``conceptual``, ``comparison`` and ``unanswerable`` (a
+  plausible question the chunk does not answer; its answer is the fixed refusal sentence).
+- Decoding is constrained by a JSON schema (vLLM structured outputs, xgrammar, no free whitespace), and
+  every output is still validated (``json.loads`` + pydantic): a run that hits ``max_tokens`` mid-string
+  stays invalid. Failures go to the rejects file with the raw text.
+- Work is cut into *units* of chunks, assigned by a stable hash of the chunk id. A unit is one
+  ``llm.generate`` call, one line in the append-only progress file, and the smallest piece a shard owns.
+  So a resumed run and N shards compute every unit with exactly the same batch as a clean single run:
+  vLLM's numerics depend on the batch a sequence runs in (we measured one of four greedy outputs change
+  between batch and single-prompt decoding on CPU), and this design keeps records identical anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import dataset, io, prompts
+from .profiles import Profile, load_profile
+
+TYPES = ("factual", "conceptual", "comparison", "unanswerable")
+STAGE = "generate"
+
+SYSTEM = ("Du erstellst Trainingsdaten für den internen Assistenten der Donautal Messtechnik GmbH. "
+          "Du antwortest ausschließlich mit einem JSON-Objekt, ohne weiteren Text.")
+INSTRUCTIONS = {
+    "factual": ("Formuliere eine Faktenfrage, die sich mit einer konkreten Angabe aus dem Text beantworten "
+                "lässt (Zahl, Frist, Rolle, System, Ort), und die kurze Antwort aus dem Text."),
+    "conceptual": ("Formuliere eine Verständnisfrage (Warum? Wozu? Wie funktioniert …?), die der Text "
+                   "erklärt, und die Antwort in ein bis zwei Sätzen, nur mit Angaben aus dem Text."),
+    "comparison": ("Formuliere eine Vergleichsfrage zu zwei Dingen, die der Text nennt (zwei Fristen, Stufen, "
+                   "Rollen oder Regeln), und die Antwort, die beide aus dem Text gegenüberstellt."),
+    "unanswerable": ("Formuliere eine plausible Frage zum selben Thema, die der Text NICHT beantwortet. "
+                     "Gib nur die Frage an, keine Antwort."),
+}
+
+
+class QAOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=10)
+    answer: str = Field(min_length=1)
+
+
+class QuestionOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=10)
+
+
+class GenerationError(ValueError):
+    pass
+
+
+# --------------------------------------------------------------------------- prompts and schema
+def schema(qa_type: str, cfg: dict | None = None) -> dict:
+    """The JSON schema a generation of this type is decoded under (string lengths bounded)."""
+    cfg = cfg or dataset.DEFAULTS
+    props: dict[str, Any] = {"question": {"type": "string", "minLength": 10,
+                                          "maxLength": cfg["question_max_chars"]}}
+    if qa_type != "unanswerable":
+        props["answer"] = {"type": "string", "minLength": 1, "maxLength": cfg["answer_max_chars"]}
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def messages(chunk: dict, qa_type: str) -> list[dict]:
+    """The German generation prompt for one chunk and type."""
+    section = " > ".join(chunk.get("headings") or []) or chunk.get("title", "")
+    shape = '{"question": "..."}' if qa_type == "unanswerable" else '{"question": "...", "answer": "..."}'
+    user = (f"Dokument: {chunk['doc_id']}\nAbschnitt: {section}\n\nText:\n{chunk['text']}\n\n"
+            f"Aufgabe: {INSTRUCTIONS[qa_type]}\nAntworte nur mit JSON der Form {shape}.")
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def stable_hash(text: str) -> int:
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], 16)
+
+
+def record_id(chunk_id: str, qa_type: str) -> str:
+    return f"{chunk_id}:{qa_type}"
+
+
+def sort_key(rec: dict) -> tuple:
+    return rec["chunk_id"], TYPES.index(rec["type"])
+
+
+def parse_output(text: str, qa_type: str, finish_reason: str = "stop") -> tuple[dict | None, str, str]:
+    """Validate one model output: ``(fields, "", "")`` or ``(None, reason, detail)``."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        reason = "truncated" if finish_reason == "length" else "invalid_json"
+        return None, reason, f"{exc.msg} at char {exc.pos} (finish_reason={finish_reason})"
+    model = QuestionOutput if qa_type == "unanswerable" else QAOutput
+    try:
+        parsed = model.model_validate(data)
+    except ValidationError as exc:
+        return None, "schema_violation", "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                                   for e in exc.errors())
+    fields = parsed.model_dump()
+    fields = {k: v.strip() for k, v in fields.items()}
+    if qa_type == "unanswerable":
+        fields["answer"] = prompts.REFUSAL
+    return fields, "", ""
+
+
+# --------------------------------------------------------------------------- work partition
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """``"i/N"`` → (i, N), checked; None → (0, 1)."""
+    if not spec:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise GenerationError(f"--shard must look like i/N (e.g. 0/4), got {spec!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise GenerationError(f"--shard {spec}: need N ≥ 1 and 0 ≤ i < N")
+    return i, n
+
+
+def select_chunks(chunks: list[dict], min_tokens: int = 0, limit: int | None = None) -> list[dict]:
+    """Chunks worth generating from (≥ min_tokens); with ``limit`` a sample spread over all documents
+    (the ``limit`` chunks with the smallest stable hash), always in id order."""
+    chosen = [c for c in chunks if c.get("token_count", min_tokens) >= min_tokens]
+    if limit:
+        chosen = sorted(chosen, key=lambda c: stable_hash(c["id"]))[:limit]
+    return sorted(chosen, key=lambda c: c["id"])
+
+
+def work_units(chunks: list[dict], unit_chunks: int) -> dict[int, list[dict]]:
+    """Units of about ``unit_chunks`` chunks each, assigned by a stable hash of the chunk id."""
+    n_units = max(1, math.ceil(len(chunks) / max(1, unit_chunks)))
+    units: dict[int, list[dict]] = {u: [] for u in range(n_units)}
+    for chunk in chunks:
+        units[stable_hash(chunk["id"]) % n_units].append(chunk)
+    return {u: sorted(cs, key=lambda c: c["id"]) for u, cs in units.items() if cs}
+
+
+def shard_units(units: dict[int, list[dict]], shard: int, n_shards: int) -> dict[int, list[dict]]:
+    return {u: cs for u, cs in units.items() if u % n_shards == shard}
+
+
+# --------------------------------------------------------------------------- engine
+def make_generator(profile: Profile | str | None = None, **overrides: Any):
+    """A vLLM engine set up for generation: xgrammar without free whitespace, no prefix cache."""
+    from . import inference
+
+    kw = {"structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+          "enable_prefix_caching": False}
+    kw.update(overrides)
+    return inference.make_llm(profile, **kw)
+
+
+def sampling_params(profile: Profile, qa_type: str, request_id: str, cfg: dict, max_tokens: int | None = None):
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    return SamplingParams(max_tokens=max_tokens or cfg["qa_max_tokens"],
+                          temperature=profile.generation["temperature"],
+                          seed=stable_hash(request_id) % (2 ** 31),
+                          structured_outputs=StructuredOutputsParams(json=schema(qa_type, cfg)))
+
+
+def build_requests(llm, profile: Profile, chunks: list[dict], cfg: dict,
+                   max_tokens: int | None = None) -> tuple[list[str], list, list[tuple[dict, str]]]:
+    """Prompts, sampling params and (chunk, type) for every request of these chunks."""
+    from . import inference
+
+    metas = [(chunk, t) for chunk in chunks for t in TYPES]
+    texts = inference.chat_prompts(llm, [messages(c, t) for c, t in metas])
+    params = [sampling_params(profile, t, record_id(c["id"], t), cfg, max_tokens) for c, t in metas]
+    return texts, params, metas
+
+
+def generate_unit(llm, profile: Profile, chunks: list[dict], cfg: dict, max_tokens: int | None = None,
+                  generator: str = "") -> tuple[list[dict], list[dict], int]:
+    """One ``llm.generate`` call for a unit: validated records, rejects (with raw text), output tokens."""
+    texts, params, metas = build_requests(llm, profile, chunks, cfg, max_tokens)
+    outputs = llm.generate(texts, params, use_tqdm=False)
+    records, rejects, tokens = [], [], 0
+    for (chunk, qa_type), out in zip(metas, outputs):
+        comp = out.outputs[0]
+        tokens += len(comp.token_ids)
+        rid = record_id(chunk["id"], qa_type)
+        base = {"id": rid, "chunk_id": chunk["id"], "doc_id": chunk["doc_id"], "type": qa_type}
+        fields, reason, detail = parse_output(comp.text, qa_type, comp.finish_reason or "")
+        if fields is None:
+            rejects.append({**base, "stage": STAGE, "reason": reason, "detail": detail, "raw": comp.text,
+                            "finish_reason": comp.finish_reason})
+            continue
+        records.append({**base, "context": chunk["text"], "headings": chunk.get("headings", []),
+                        "question": fields["question"], "answer": fields["answer"], "source": "generated",
+                        "generator": generator, "finish_reason": comp.finish_reason,
+                        "output_tokens": len(comp.token_ids)})
+    return records, rejects, tokens
+
+
+# --------------------------------------------------------------------------- progress file
+def progress_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".progress.jsonl")
+
+
+def meta_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".meta.json")
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def read_progress(path: Path) -> tuple[dict | None, dict[int, dict]]:
+    """Header and finished units of a progress file; a line cut by kill -9 is removed."""
+    if not path.exists():
+        return None, {}
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    good_end, header, units = 0, None, {}
+    for i, line in enumerate(lines):
+        if not line.strip():
+            good_end += len(line) + 1
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            if i >= len(lines) - 2:   # the last line, interrupted while being written
+                break
+            raise GenerationError(f"{path}: line {i + 1} is corrupt (not at the end). Delete the file to "
+                                  "start over.") from None
+        good_end += len(line) + 1
+        if "header" in entry:
+            header = entry["header"]
+        else:
+            units[entry["unit"]] = entry
+    if good_end < len(raw):
+        with open(path, "r+b") as fh:
+            fh.truncate(min(good_end, len(raw)))
+    return header, units
+
+
+def generate_file(chunks_path: str | Path, output: str | Path, rejects_path: str | Path,
+                  profile: Profile | str | None = None, resume: bool = False, shard: str | None = None,
+                  limit: int | None = None, llm=None, progress: bool = True, unit_chunks: int | None = None,
+                  max_tokens: int | None = None) -> dict:
+    """The ``generate`` step: chunks → validated QA records + rejects, resumable and shardable."""
+    from tqdm.auto import tqdm
+
+    profile = profile if isinstance(profile, Profile) else load_profile(profile)
+    cfg = dataset.settings(profile)
+    if unit_chunks:
+        cfg["unit_chunks"] = unit_chunks
+    shard_i, shard_n = parse_shard(shard)
+    output, rejects_path = Path(output), Path(rejects_path)
+    chunks_path = Path(chunks_path)
+    if not chunks_path.exists():
+        raise FileNotFoundError(f"Chunks file {chunks_path} not found: run `python -m helpers chunk` first.")
+    chunks = select_chunks(io.read_jsonl(chunks_path), cfg["chunk_min_tokens"], limit)
+    if not chunks:
+        raise GenerationError(f"{chunks_path} has no chunk with ≥ {cfg['chunk_min_tokens']} tokens to generate from.")
+    units = shard_units(work_units(chunks, cfg["unit_chunks"]), shard_i, shard_n)
+    header = {"chunks_sha": _file_sha(chunks_path), "limit": limit, "shard": f"{shard_i}/{shard_n}",
+              "model": profile.model, "profile": profile.name, "max_tokens": max_tokens or cfg["qa_max_tokens"],
+              "unit_chunks": cfg["unit_chunks"], "chunk_min_tokens": cfg["chunk_min_tokens"],
+              "temperature": profile.generation["temperature"], "types": list(TYPES),
+              "question_max_chars": cfg["question_max_chars"], "answer_max_chars": cfg["answer_max_chars"]}
+    prog = progress_path(output)
+    old_header, done = read_progress(prog)
+    if prog.exists() and not resume:
+        raise GenerationError(f"{prog} holds {len(done)} finished work units of an interrupted run. Continue "
+                              "with --resume, or delete that file to start over.")
+    if old_header is not None and old_header != header:
+        changed = sorted(k for k in header if old_header.get(k) != header[k])
+        raise GenerationError(f"{prog} was written with other settings ({', '.join(changed)}); --resume would "
+                              "mix two runs. Delete it to start over, or rerun with the old settings.")
+    if old_header is None:
+        prog.parent.mkdir(parents=True, exist_ok=True)
+        with open(prog, "w", encoding="utf-8") as fh:   # a new progress file starts with its header
+            fh.write(json.dumps({"header": header}, ensure_ascii=False) + "\n")
+    pending = [u for u in sorted(units) if u not in done]
+    t0, new_tokens = time.time(), 0
+    if pending:
+        own_llm = llm is None
+        llm = llm or make_generator(profile)
+        try:
+            bar = tqdm(pending, desc=f"Generierung {shard_i}/{shard_n}", unit="Unit", disable=not progress)
+            for u in bar:
+                recs, rejs, tokens = generate_unit(llm, profile, units[u], cfg, max_tokens, profile.model)
+                new_tokens += tokens
+                io.append_jsonl(prog, [{"unit": u, "chunk_ids": [c["id"] for c in units[u]], "records": recs,
+                                        "rejects": rejs, "output_tokens": tokens}])
+                done[u] = {"records": recs, "rejects": rejs, "output_tokens": tokens}
+        finally:
+            if own_llm:
+                from . import inference
+
+                inference.shutdown(llm)
+    seconds = time.time() - t0
+    records = sorted((r for u in units for r in done[u]["records"]), key=sort_key)
+    rejects = sorted((r for u in units for r in done[u]["rejects"]), key=sort_key)
+    io.write_jsonl(output, records)
+    io.write_jsonl(rejects_path, rejects)
+    summary = {"header": header, "units": sorted(units), "chunks": sum(len(units[u]) for u in units),
+               "requests": len(records) + len(rejects), "records": len(records), "rejects": len(rejects),
+               "resumed_units": len(units) - len(pending), "output_tokens": sum(done[u]["output_tokens"] for u in units),
+               "new_output_tokens": new_tokens, "seconds": round(seconds, 2), "rejects_path": str(rejects_path),
+               "complete": True}
+    io.write_json(meta_path(output), summary)
+    prog.unlink()
+    return summary
+
+
+def merge(inputs: list[str | Path], output: str | Path, rejects_path: str | Path) -> dict:
+    """Combine the outputs of shards 0..N-1 (checked: same settings, every shard once, no duplicate ids)."""
+    metas = []
+    for path in inputs:
+        mp = meta_path(path)
+        if not mp.exists():
+            raise GenerationError(f"{path} has no {mp.name}: that shard did not finish. Rerun it with --resume.")
+        metas.append((Path(path), io.read_json(mp)))
+    shards = [m["header"]["shard"] for _, m in metas]
+    ns = {s.split("/")[1] for s in shards}
+    if len(ns) != 1:
+        raise GenerationError(f"Shards of different splits: {shards}")
+    n = int(ns.pop())
+    missing = sorted(set(range(n)) - {int(s.split("/")[0]) for s in shards})
+    if missing or len(shards) != n:
+        raise GenerationError(f"Merge needs shards 0..{n - 1} exactly once; got {shards} (missing: {missing}).")
+    strip = [{k: v for k, v in m["header"].items() if k != "shard"} for _, m in metas]
+    if any(s != strip[0] for s in strip):
+        raise GenerationError("The shards were generated with different settings or chunk files.")
+    records, rejects = [], []
+    for path, meta in metas:
+        records += io.read_jsonl(path)
+        rejects += io.read_jsonl(meta["rejects_path"]) if Path(meta["rejects_path"]).exists() else []
+    ids = [r["id"] for r in records + rejects]
+    if len(ids) != len(set(ids)):
+        raise GenerationError("Duplicate record ids across shards: the shards overlap.")
+    records.sort(key=sort_key)
+    rejects.sort(key=sort_key)
+    io.write_jsonl(output, records)
+    io.write_jsonl(rejects_path, rejects)
+    summary = {"header": {**strip[0], "shard": "0/1", "merged_from": shards},
+               "records": len(records), "rejects": len(rejects), "rejects_path": str(rejects_path),
+               "output_tokens": sum(m["output_tokens"] for _, m in metas), "complete": True}
+    io.write_json(meta_path(output), summary)
+    return summary
+
+
+def ensure_generated(profile: Profile | str | None = None, work_dir: str | Path | None = None,
+                     limit: int | None = None, llm=None, progress: bool = True) -> Path:
+    """``generated.jsonl`` of this run: found, or generated from the run's chunks (resumes if interrupted)."""
+    from . import chunking
+
+    out = dataset.files(work_dir)
+    if out.generated.exists() and meta_path(out.generated).exists():
+        return out.generated
+    profile = profile if isinstance(profile, Profile) else load_profile(profile)
+    chunks = chunking.ensure_chunks(profile, work_dir)
+    limit = limit if limit is not None else dataset.settings(profile)["generate_chunks"]
+    summary = generate_file(chunks, out.generated, out.rejects(STAGE), profile, resume=True, limit=limit,
+                            llm=llm, progress=progress)
+    print(f"{summary['records']} QA-Paare, {summary['rejects']} Rejects → {out.generated}", file=sys.stderr)
+    return out.generated
+
+
+def rejects_table(rejects: list[dict], width: int = 80):
+    import pandas as pd
+
+    return pd.DataFrame([{"id": r["id"], "reason": r["reason"], "detail": r.get("detail", "")[:60],
+                          "raw": (r.get("raw") or "")[:width]} for r in rejects])
+
+
+def records_table(records: list[dict], width: int = 70):
+    import pandas as pd
+
+    return pd.DataFrame([{"type": r["type"], "question": r["question"][:width], "answer": r["answer"][:width]}
+                         for r in records])
+

@@ -1,0 +1,94 @@
+"""Generation as processes: kill -9 then --resume, and two shards then merge, equal a clean run, byte for byte."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import chunking, generation
+
+ROOT = Path(__file__).resolve().parent.parent
+ARGS = ["--profile", "mini", "--limit", "6", "--unit-chunks", "1", "--max-tokens", "24", "--no-progress"]
+
+
+def _cmd(chunks, out, *extra):
+    return [sys.executable, "-m", "helpers", "generate", "--chunks", str(chunks), "--output", str(out / "gen.jsonl"),
+            "--rejects", str(out / "rej.jsonl"), *ARGS, *extra]
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def _run(cmd):
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def chunks(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("chunks")
+    chunking.chunk_corpus("data/corpus", tmp / "chunks.jsonl", tmp / "rejects.jsonl", "mini", progress=False)
+    return tmp / "chunks.jsonl"
+
+
+@pytest.fixture(scope="module")
+def clean(chunks, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean")
+    _run(_cmd(chunks, out))
+    return out
+
+
+def _same(a: Path, b: Path):
+    for name in ("gen.jsonl", "rej.jsonl"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_killed_run_resumes_to_the_clean_result(chunks, clean, tmp_path):
+    prog = generation.progress_path(tmp_path / "gen.jsonl")
+    proc = subprocess.Popen(_cmd(chunks, tmp_path), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if prog.exists() and len(prog.read_text().splitlines()) >= 2:   # header + at least one finished unit
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(prog.read_text().splitlines()) - 1
+    total = len(json.loads(generation.meta_path(clean / "gen.jsonl").read_text())["units"])
+    assert 1 <= done_before < total and not (tmp_path / "gen.jsonl").exists()
+    again = subprocess.run(_cmd(chunks, tmp_path), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "--resume" in again.stderr                # refuses to silently start over
+    resumed = _run(_cmd(chunks, tmp_path, "--resume"))
+    assert f"{done_before} of {total} units from an earlier run" in resumed.stdout
+    _same(tmp_path, clean)
+
+
+def test_two_shards_then_merge_equal_the_single_run(chunks, clean, tmp_path):
+    outs = [tmp_path / f"s{i}" for i in range(2)]
+    procs = [subprocess.Popen(_cmd(chunks, o, "--shard", f"{i}/2"), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i, o in enumerate(outs)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    sizes = [len((o / "gen.jsonl").read_text().splitlines()) + len((o / "rej.jsonl").read_text().splitlines())
+             for o in outs]
+    assert all(sizes) and sum(sizes) == 24                                      # both did real work
+    merged = tmp_path / "merged"
+    _run([sys.executable, "-m", "helpers", "merge", "--inputs", *(str(o / "gen.jsonl") for o in outs),
+          "--output", str(merged / "gen.jsonl"), "--rejects", str(merged / "rej.jsonl")])
+    _same(merged, clean)
+
+
+def test_merge_refuses_an_incomplete_set(clean, tmp_path):
+    with pytest.raises(generation.GenerationError, match="shards 0..1|did not finish"):
+        (tmp_path / "x.jsonl").write_text("")
+        generation.merge([clean / "gen.jsonl", tmp_path / "x.jsonl"], tmp_path / "m.jsonl", tmp_path / "r.jsonl")
