@@ -175,17 +175,19 @@ def long_records(n: int, target_chars: int = 2950) -> list[dict]:
 
 
 def bench_qlora(workdir: Path, steps: int = 30, model_cfg: dict | None = None) -> dict:
+    # h100 profile: paged AdamW 8-bit, bfloat16 compute, NF4 double quant -- the settings of DESIGN §8.
     """QLoRA through the course's own `train` step at batch 4 x 1024 tokens: peak memory and tokens/s."""
     import dataclasses
 
     from . import training
     from .profiles import load_profile
 
+    import torch
+
     ckpt = random_checkpoint(workdir / "mistral-7b-random", model_cfg)
-    base = load_profile("h100")
+    base = load_profile("h100" if torch.cuda.is_available() else "mini")  # mini: only to test on a CPU
     train_cfg = {**base.train, "batch_size": 4, "grad_accum": 1, "max_length": 1024, "max_steps": steps,
-                 "gradient_checkpointing": True, "optimizer": "paged_adamw_8bit", "logging_steps": 5,
-                 "save_steps": 10 ** 6}
+                 "gradient_checkpointing": True, "logging_steps": 5, "save_steps": 10 ** 6}
     profile = dataclasses.replace(base, train_model=str(ckpt), train=train_cfg,
                                   lora={**base.lora, "r": 16, "target_modules": "all-linear"})
     result = training.train(profile, long_records(4 * steps), None, workdir / "qlora-adapter", progress=False)
@@ -194,6 +196,51 @@ def bench_qlora(workdir: Path, steps: int = 30, model_cfg: dict | None = None) -
                       "tokens_per_s": info["tokens_per_s"], "seconds": info["seconds"],
                       "train_tokens_per_example": round(info["train_tokens"] / max(1, info["train_examples"]), 1),
                       "trainable_parameters": info["trainable_parameters"]}}
+
+
+def bench_generation(workdir: Path, n_chunks: int = 64, max_tokens: int = OUTPUT_TOKENS,
+                     model_cfg: dict | None = None, engine_kw: dict | None = None) -> dict:
+    """The course's generation step (schema-constrained, validated) vs raw vLLM on the same prompts and
+    the same output lengths, on one engine configured exactly as the generation step configures it."""
+    from vllm import SamplingParams
+
+    from . import chunking, dataset, generation
+    from .profiles import load_profile
+
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    profile = load_profile("h100" if on_gpu else "mini")  # mini: only to test this code on a CPU
+    cfg = dataset.settings(profile)
+    tok = chunking.get_tokenizer("mini")  # the dummy 7B carries Kurs-Mini's tokenizer
+    chunks = chunking.chunk_documents(dataset.prepare_documents(), tok, cfg["chunk_max_tokens"],
+                                      cfg["chunk_overlap"], progress=False)
+    chosen = generation.select_chunks(chunks, cfg["chunk_min_tokens"], n_chunks)
+    # The grammar backend needs model and tokenizer vocabularies to agree: 7B shape, Kurs-Mini vocabulary.
+    shape = {**MISTRAL_7B, **(model_cfg or {}), "vocab_size": len(tok)}
+    model_dir = make_model_dir(workdir / "mistral-7b-dummy-kmvocab", **shape)
+    extra = {"gpu_memory_utilization": 0.85} if on_gpu else {}
+    llm = generation.make_generator(profile, model=str(model_dir), load_format="dummy", max_model_len=2048,
+                                    **{**extra, **(engine_kw or {})})
+    generation.generate_unit(llm, profile, chosen[:4], cfg, max_tokens=16)  # warm-up (grammar compile)
+    t0 = time.perf_counter()
+    records, rejects, gen_tokens = generation.generate_unit(llm, profile, chosen, cfg, max_tokens=max_tokens)
+    gen_seconds = time.perf_counter() - t0
+    texts, _, _ = generation.build_requests(llm, profile, chosen, cfg, max_tokens)
+    # Same prompts; each raw request produces as many tokens as the step produced on average.
+    per_request = max(1, gen_tokens // len(texts))
+    raw_params = SamplingParams(max_tokens=per_request, min_tokens=per_request, ignore_eos=True, temperature=0.0)
+    t0 = time.perf_counter()
+    outs = llm.generate(texts, raw_params, use_tqdm=False)
+    raw_seconds = time.perf_counter() - t0
+    raw_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    step = {"requests": len(texts), "output_tokens": gen_tokens, "seconds": round(gen_seconds, 2),
+            "tokens_per_s": round(gen_tokens / gen_seconds, 1), "valid_records": len(records),
+            "rejects": len(rejects)}
+    raw = {"requests": len(texts), "output_tokens": raw_tokens, "seconds": round(raw_seconds, 2),
+           "tokens_per_s": round(raw_tokens / raw_seconds, 1)}
+    return {"generation_step": step, "generation_raw": raw,
+            "generation_ratio": round(step["tokens_per_s"] / raw["tokens_per_s"], 3)}
 
 
 def bench_vllm(workdir: Path, parts: list[str], n_prompts: int = 256, model_cfg: dict | None = None,
@@ -206,7 +253,9 @@ def bench_vllm(workdir: Path, parts: list[str], n_prompts: int = 256, model_cfg:
     from vllm.lora.request import LoRARequest
 
     if "qlora" in parts:
-        return bench_qlora(workdir, model_cfg=model_cfg)
+        return bench_qlora(workdir, steps=max(2, n_prompts // 8), model_cfg=model_cfg)
+    if "generation" in parts:
+        return bench_generation(workdir, max(4, n_prompts // 4), max_tokens, model_cfg, engine_kw)
     model_cfg = {**MISTRAL_7B, **(model_cfg or {})}
     model_dir = make_model_dir(workdir / "mistral-7b-dummy", **model_cfg)
     prompts = token_prompts(n_prompts, vocab=min(4000, model_cfg["vocab_size"]))
@@ -257,7 +306,7 @@ def bench_vllm(workdir: Path, parts: list[str], n_prompts: int = 256, model_cfg:
     return results
 
 
-PARTS = ("eager", "graphs", "lora", "lora-tuned", "qlora")
+PARTS = ("eager", "graphs", "lora", "lora-tuned", "generation", "qlora")
 
 
 def run_part(part: str, workdir: Path, n_prompts: int, model_cfg: dict | None = None,
@@ -322,6 +371,10 @@ def write_markdown(results: dict, path: str | Path | None = None, plot: bool = T
             row(f"vLLM offline, {results.get('prompts')} Prompts, {mode}", r["batch_256"], f"Engine-Start {r['startup_s']} s")
             row(f"vLLM Batch 1, {mode}", r["batch_1"])
     row("Sequentielle Schleife (16 Anfragen nacheinander)", results.get("sequential_16"))
+    if "generation_step" in results:
+        row("Generierungs-Schritt des Kurses (JSON-Schema, validiert)", results["generation_step"],
+            f"{results['generation_ratio']:.0%} des rohen vLLM-Durchsatzes")
+        row("Rohes vLLM, gleiche Prompts und Längen", results["generation_raw"])
     for label in ("lora", "lora-tuned"):
         if label in results:
             r = results[label]
