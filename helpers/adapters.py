@@ -71,8 +71,9 @@ def check_adapter(name: str, adapter_dir: str | Path, profile: Profile | str | N
         warnings.warn(f"Adapter '{name}' records base model '{base_name}', the served model is {model_dir}; "
                       "the layer shapes fit, so it loads - make sure it is the same model.", stacklevel=2)
     modules = config.get("target_modules")
+    size = sum(f.stat().st_size for f in adapter_dir.glob("adapter_model.*"))
     return {"adapter": name, "path": str(adapter_dir), "rank": rank, "alpha": config.get("lora_alpha"),
-            "base_model": base_name,
+            "size_kb": round(size / 1024), "base_model": base_name,
             "modules": ", ".join(sorted(modules)) if isinstance(modules, list) else str(modules)}
 
 
@@ -204,7 +205,7 @@ def generate_mixed(llm, adapter_set: AdapterSet, prompts: Sequence[str], adapter
         results.append(inference.Generation(
             prompt=out.prompt, text=comp.text, finish_reason=comp.finish_reason or "",
             prompt_tokens=len(out.prompt_token_ids or []), output_tokens=len(comp.token_ids),
-            adapter=None if name in (None, BASE) else name))
+            adapter=BASE if name in (None, BASE) else name))
     return results
 
 

