@@ -381,6 +381,17 @@ def write_markdown(results: dict, path: str | Path | None = None, plot: bool = T
             for k in ("0", "1", "4"):
                 row(f"{label}: {k} Adapter", r["runs"][k], f"Verhältnis zu 0: {r['runs'][k]['tokens_per_s'] / r['runs']['0']['tokens_per_s']:.2f}; Settings {r['settings']}")
     lines += rows + [""]
+    lora_runs = [(k, results[k]) for k in ("lora", "lora-tuned") if k in results and "runs" in results[k]]
+    if lora_runs:
+        lines += ["## Einordnung LoRA", ""]
+        for k, r in lora_runs:
+            lines.append(f"- `{k}` ({r['settings']}): 1 Adapter {r['ratio_1']:.0%}, 4 Adapter gemischt "
+                         f"{r['ratio_4']:.0%} des Durchsatzes derselben Engine ohne Adapter "
+                         f"({'innerhalb' if r['ratio_4'] >= 0.9 else 'außerhalb'} der 10-%-Marke).")
+        lines += ["", "Was den Abstand schließt: `max_lora_rank` genau auf den Rang der Adapter setzen (hier 16) "
+                  "und `max_loras` auf die Zahl gleichzeitig aktiver Adapter (hier 4), damit alle Adapter im "
+                  "GPU-Slot bleiben und kein Austausch zwischen Batches nötig ist; ein Aufwärmlauf lädt sie vorab. "
+                  "Die Messung hat Rauschen von einigen Prozent zwischen Läufen.", ""]
     if "qlora" in results:
         q = results["qlora"]
         lines += ["## QLoRA über den `train`-Schritt des Kurses", "",
@@ -388,6 +399,10 @@ def write_markdown(results: dict, path: str | Path | None = None, plot: bool = T
                   "linearen Schichten, Gradient Checkpointing, paged AdamW 8-bit.", "",
                   "| Peak-Speicher (GB) | Tokens/s | Sekunden | Tokens pro Beispiel |", "|---|---|---|---|",
                   f"| {q['peak_memory_gb']} | {q['tokens_per_s']} | {q['seconds']} | {q['train_tokens_per_example']} |", ""]
+    missing = [name for name, key in (("generation", "generation_step"), ("qlora", "qlora")) if key not in results]
+    if missing:
+        lines += [f"Noch nicht auf der GPU gemessen: {', '.join(missing)} "
+                  f"(`python -m helpers bench-gpu {' '.join(missing)}`).", ""]
     errors = {k: v for k, v in results.items() if isinstance(v, dict) and "error" in v}
     if "error" in results:
         lines += [f"Fehler: {results['error']}", ""]
