@@ -23,7 +23,7 @@ from pathlib import Path
 from . import inference, paths, sovereign
 from .profiles import Profile, load_profile
 
-_RUNNING: list["VLLMServer"] = []
+_RUNNING: list["LoopbackServer"] = []
 
 
 class ServerError(RuntimeError):
@@ -73,21 +73,17 @@ def parse_adapters(specs: list[str] | None) -> dict[str, str]:
     return adapters
 
 
-class VLLMServer:
-    """``with VLLMServer(profile, port=...) as server: server.client().completions.create(...)``"""
+class LoopbackServer:
+    """A server process on loopback: port check, start in its own process group (dies with its parent),
+    health wait on ``/health`` with the log tail on failure, clean stop. Subclasses give ``name`` and
+    ``command()`` and may adjust ``environment()``."""
 
-    def __init__(self, profile: Profile | str | None = None, port: int | None = None,
-                 adapters: dict[str, str] | None = None, host: str = "127.0.0.1",
-                 served_model_name: str | None = None, log_path: str | Path | None = None,
-                 extra_args: list[str] | None = None):
-        self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
+    name = "server"
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, log_path: str | Path | None = None):
         self.host = host
         self.port = port or free_port(host)
-        self.adapters = dict(adapters or {})
-        self.served_model_name = served_model_name or (
-            "kurs-mini" if self.profile.uses_kurs_mini else self.profile.model)
-        self.log_path = Path(log_path) if log_path else paths.work_dir() / f"vllm-server-{self.port}.log"
-        self.extra_args = list(extra_args or [])
+        self.log_path = Path(log_path) if log_path else paths.work_dir() / f"{self.name}-{self.port}.log"
         self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
 
@@ -95,41 +91,24 @@ class VLLMServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    @property
-    def base_url(self) -> str:
-        return f"{self.url}/v1"
-
     def command(self) -> list[str]:
-        kw = inference.engine_kwargs(self.profile, enable_lora=bool(self.adapters))
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-               "--model", kw["model"], "--served-model-name", self.served_model_name,
-               "--host", self.host, "--port", str(self.port), "--dtype", kw["dtype"],
-               "--max-model-len", str(kw["max_model_len"]), "--max-num-seqs", str(kw["max_num_seqs"]),
-               "--seed", str(kw["seed"])]
-        if kw.get("enforce_eager"):
-            cmd.append("--enforce-eager")
-        if kw.get("gpu_memory_utilization"):
-            cmd += ["--gpu-memory-utilization", str(kw["gpu_memory_utilization"])]
-        if kw.get("quantization"):
-            cmd += ["--quantization", kw["quantization"]]
-        if self.adapters:
-            cmd += ["--enable-lora", "--max-lora-rank", str(kw["max_lora_rank"]),
-                    "--max-loras", str(kw["max_loras"]), "--lora-modules"]
-            cmd += [f"{name}={path}" for name, path in self.adapters.items()]
-        return cmd + self.extra_args
+        raise NotImplementedError
 
-    def start(self, wait: bool = True, timeout: float | None = None) -> "VLLMServer":
+    def environment(self) -> dict[str, str]:
+        sovereign.activate()
+        return dict(os.environ)
+
+    def default_timeout(self) -> float:
+        return 300
+
+    def start(self, wait: bool = True, timeout: float | None = None):
         if self.process is not None:
             return self
-        self.profile.require_device()
         if not port_is_free(self.port, self.host):
             raise PortBusyError(
                 f"Port {self.port} on {self.host} is already in use. Choose another port (--port), or find "
                 f"and stop the process holding it: `ss -ltnp 'sport = :{self.port}'`.")
-        sovereign.activate()
-        env = dict(os.environ)
-        env.update(inference.cpu_environment(self.profile))
-        env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        env = self.environment()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "w", encoding="utf-8")
         t0 = time.time()
@@ -138,7 +117,7 @@ class VLLMServer:
         log.close()
         _RUNNING.append(self)
         if wait:
-            self.wait_healthy(timeout or self.profile.server.get("startup_timeout_s", 300))
+            self.wait_healthy(timeout or self.default_timeout())
             self.startup_seconds = round(time.time() - t0, 1)
         return self
 
@@ -148,7 +127,7 @@ class VLLMServer:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
                 self.stop()
-                raise ServerError(f"vLLM server exited with code {code} before it became healthy. "
+                raise ServerError(f"{self.name} exited with code {code} before it became healthy. "
                                   f"Last lines of {self.log_path}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
@@ -158,7 +137,7 @@ class VLLMServer:
                 pass
             time.sleep(1)
         self.stop()
-        raise ServerError(f"vLLM server on port {self.port} was not healthy after {timeout:.0f} s. "
+        raise ServerError(f"{self.name} on port {self.port} was not healthy after {timeout:.0f} s. "
                           f"Last lines of {self.log_path}:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
@@ -187,6 +166,62 @@ class VLLMServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class VLLMServer(LoopbackServer):
+    """``with VLLMServer(profile, port=...) as server: server.client().completions.create(...)``"""
+
+    name = "vllm-server"
+
+    def __init__(self, profile: Profile | str | None = None, port: int | None = None,
+                 adapters: dict[str, str] | None = None, host: str = "127.0.0.1",
+                 served_model_name: str | None = None, log_path: str | Path | None = None,
+                 extra_args: list[str] | None = None):
+        self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
+        super().__init__(host, port, log_path)
+        self.adapters = dict(adapters or {})
+        self.served_model_name = served_model_name or (
+            "kurs-mini" if self.profile.uses_kurs_mini else self.profile.model)
+        self.extra_args = list(extra_args or [])
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def command(self) -> list[str]:
+        kw = inference.engine_kwargs(self.profile, enable_lora=bool(self.adapters))
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+               "--model", kw["model"], "--served-model-name", self.served_model_name,
+               "--host", self.host, "--port", str(self.port), "--dtype", kw["dtype"],
+               "--max-model-len", str(kw["max_model_len"]), "--max-num-seqs", str(kw["max_num_seqs"]),
+               "--seed", str(kw["seed"])]
+        if kw.get("enforce_eager"):
+            cmd.append("--enforce-eager")
+        if kw.get("gpu_memory_utilization"):
+            cmd += ["--gpu-memory-utilization", str(kw["gpu_memory_utilization"])]
+        if kw.get("quantization"):
+            cmd += ["--quantization", kw["quantization"]]
+        if self.adapters:
+            cmd += ["--enable-lora", "--max-lora-rank", str(kw["max_lora_rank"]),
+                    "--max-loras", str(kw["max_loras"]), "--lora-modules"]
+            cmd += [f"{name}={path}" for name, path in self.adapters.items()]
+        return cmd + self.extra_args
+
+    def environment(self) -> dict[str, str]:
+        self.profile.require_device()
+        env = super().environment()
+        env.update(inference.cpu_environment(self.profile))
+        env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        return env
+
+    def default_timeout(self) -> float:
+        return self.profile.server.get("startup_timeout_s", 300)
+
     def client(self, timeout: float = 120, max_retries: int = 2):
         from openai import OpenAI
 
@@ -196,12 +231,6 @@ class VLLMServer:
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
             return resp.read().decode("utf-8")
-
-    def __enter__(self) -> "VLLMServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 @atexit.register

@@ -11,10 +11,6 @@
 
 from __future__ import annotations
 
-import atexit
-import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -23,10 +19,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from . import paths, sovereign
-from .serve import PortBusyError, ServerError, _die_with_parent, free_port, port_is_free
+from . import paths
+from .serve import LoopbackServer, PortBusyError, ServerError, free_port  # noqa: F401 (re-exported)
 
-_RUNNING: list["MLflowServer"] = []
 
 
 class TrackingWarning(UserWarning):
@@ -223,97 +218,29 @@ def find_run_id(tracking_uri: str, experiment: str, run_name: str) -> str | None
 
 
 # --------------------------------------------------------------------------- the UI server
-class MLflowServer:
+class MLflowServer(LoopbackServer):
     """``with MLflowServer(work_dir) as server: server.url`` -- a real ``mlflow server`` on loopback."""
+
+    name = "mlflow-server"
 
     def __init__(self, work_dir: str | Path | None = None, port: int | None = None, host: str = "127.0.0.1",
                  backend_uri: str | None = None, artifact_root: str | None = None,
                  log_path: str | Path | None = None):
-        self.host = host
-        self.port = port or free_port(host)
+        port = port or free_port(host)
+        super().__init__(host, port, log_path or store_dir(work_dir) / f"mlflow-server-{port}.log")
         self.backend_uri = backend_uri or local_uri(work_dir)
         self.artifact_root = artifact_root or local_artifact_root(work_dir)
-        self.log_path = Path(log_path) if log_path else store_dir(work_dir) / f"mlflow-server-{self.port}.log"
-        self.process: subprocess.Popen | None = None
-        self.startup_seconds: float | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_uri,
                 "--default-artifact-root", self.artifact_root, "--host", self.host, "--port", str(self.port),
                 "--workers", "1"]
 
-    def start(self, timeout: float = 120) -> "MLflowServer":
-        if self.process is not None:
-            return self
-        if not port_is_free(self.port, self.host):
-            raise PortBusyError(f"Port {self.port} on {self.host} is already in use. Choose another port, or stop "
-                                f"the process holding it: `ss -ltnp 'sport = :{self.port}'`.")
-        sovereign.activate()
-        env = dict(os.environ)
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
         env.pop("MLFLOW_TRACKING_URI", None)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "w", encoding="utf-8")
-        t0 = time.time()
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
-        log.close()
-        _RUNNING.append(self)
-        self.wait_healthy(timeout)
-        self.startup_seconds = round(time.time() - t0, 1)
-        return self
+        return env
 
-    def wait_healthy(self, timeout: float) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                code = None if self.process is None else self.process.returncode
-                self.stop()
-                raise ServerError(f"mlflow server exited with code {code} before it became healthy. "
-                                  f"Last lines of {self.log_path}:\n{self.log_tail()}")
-            if reachable(self.url, timeout=2):
-                return
-            time.sleep(0.5)
-        self.stop()
-        raise ServerError(f"mlflow server on port {self.port} was not healthy after {timeout:.0f} s. "
-                          f"Last lines of {self.log_path}:\n{self.log_tail()}")
+    def default_timeout(self) -> float:
+        return 120
 
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout: float = 20) -> None:
-        proc, self.process = self.process, None
-        if self in _RUNNING:
-            _RUNNING.remove(self)
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=timeout)
-        except (ProcessLookupError, PermissionError):
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-    def __enter__(self) -> "MLflowServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for server in list(_RUNNING):
-        server.stop(timeout=10)
