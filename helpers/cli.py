@@ -102,7 +102,9 @@ def cmd_bench(args) -> int:
 def cmd_bench_gpu(args) -> int:
     from . import bench_gpu
 
-    results = bench_gpu.run(args.parts or None, args.output, n_prompts=args.prompts)
+    output = args.output or bench_gpu.RESULTS
+    results = bench_gpu.run(args.parts or None, output, n_prompts=args.prompts,
+                            merge_into=output if args.merge else None)
     print(bench_gpu.write_markdown(results))
     return 0
 
@@ -287,9 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("bench-gpu", help="7B-scale GPU measurements (random weights) -> docs/benchmarks.md")
-    p.add_argument("parts", nargs="*", help="eager graphs lora lora-tuned (default: all)")
+    p.add_argument("parts", nargs="*", help="eager graphs lora lora-tuned generation qlora (default: all)")
     p.add_argument("--prompts", type=int, default=256)
-    p.add_argument("--output", default=None, help="results JSON (default runs/bench-gpu/bench-gpu.json)")
+    p.add_argument("--output", default=None, help="results JSON (default docs/benchmarks-gpu.json, rendered to docs/benchmarks.md)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other parts of the results JSON and update only the parts run now")
     p.set_defaults(func=cmd_bench_gpu)
 
     p = sub.add_parser("sovereign", help="show the offline/telemetry settings the course uses")

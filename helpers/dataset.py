@@ -27,6 +27,7 @@ DEFAULTS = {
     "qa_max_tokens": 128,        # output tokens per generated QA pair (JSON)
     "question_max_chars": 160,
     "answer_max_chars": 320,
+    "length_in_schema": False,   # maxLength inside the decoding grammar (see generation.schema for the trade-off)
     "bench_prompts": 64,         # prompts of the batching benchmark / notebook 07.1
     "bench_sequential": 8,       # of those, how many the slow per-request loop runs
     "bench_max_tokens": 64,      # output tokens per request in the throughput comparison

@@ -63,12 +63,25 @@ class GenerationError(ValueError):
 
 # --------------------------------------------------------------------------- prompts and schema
 def schema(qa_type: str, cfg: dict | None = None) -> dict:
-    """The JSON schema a generation of this type is decoded under (string lengths bounded)."""
+    """The JSON schema a generation of this type is decoded under.
+
+    ``cfg["length_in_schema"]`` decides whether the string lengths are bounded inside the grammar
+    (``maxLength``). Bounding them forces a rambling model to close its strings, but the grammar must then
+    count characters across multi-character tokens: xgrammar's per-request token mask got about 12x more
+    expensive (49 vs 4 us per token on the CI CPU), and the step ran at 54 % of raw vLLM on an H100 with
+    it vs 82 % without (docs/benchmarks.md). So only the Kurs-Mini profiles bound lengths in the grammar;
+    elsewhere ``qa_max_tokens`` caps the output (an overlong one ends as a ``truncated`` reject) and QC checks
+    ``question_max_chars``/``answer_max_chars``, writing over-long pairs to its rejects with the reason.
+    """
     cfg = cfg or dataset.DEFAULTS
-    props: dict[str, Any] = {"question": {"type": "string", "minLength": 10,
-                                          "maxLength": cfg["question_max_chars"]}}
+    bounded = cfg.get("length_in_schema", False)
+    props: dict[str, Any] = {"question": {"type": "string", "minLength": 10}}
     if qa_type != "unanswerable":
-        props["answer"] = {"type": "string", "minLength": 1, "maxLength": cfg["answer_max_chars"]}
+        props["answer"] = {"type": "string", "minLength": 1}
+    if bounded:
+        props["question"]["maxLength"] = cfg["question_max_chars"]
+        if "answer" in props:
+            props["answer"]["maxLength"] = cfg["answer_max_chars"]
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
 
@@ -195,7 +208,7 @@ def generate_unit(llm, profile: Profile, chunks: list[dict], cfg: dict, max_toke
         fields, reason, detail = parse_output(comp.text, qa_type, comp.finish_reason or "")
         if fields is None:
             rejects.append({**base, "stage": STAGE, "reason": reason, "detail": detail, "raw": comp.text,
-                            "finish_reason": comp.finish_reason})
+                            "finish_reason": comp.finish_reason, "output_tokens": len(comp.token_ids)})
             continue
         records.append({**base, "context": chunk["text"], "headings": chunk.get("headings", []),
                         "question": fields["question"], "answer": fields["answer"], "source": "generated",
@@ -272,7 +285,8 @@ def generate_file(chunks_path: str | Path, output: str | Path, rejects_path: str
               "model": profile.model, "profile": profile.name, "max_tokens": max_tokens or cfg["qa_max_tokens"],
               "unit_chunks": cfg["unit_chunks"], "chunk_min_tokens": cfg["chunk_min_tokens"],
               "temperature": profile.generation["temperature"], "types": list(TYPES),
-              "question_max_chars": cfg["question_max_chars"], "answer_max_chars": cfg["answer_max_chars"]}
+              "question_max_chars": cfg["question_max_chars"], "answer_max_chars": cfg["answer_max_chars"],
+              "length_in_schema": cfg.get("length_in_schema", False)}
     prog = progress_path(output)
     old_header, done = read_progress(prog)
     if prog.exists() and not resume:

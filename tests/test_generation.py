@@ -33,6 +33,18 @@ def test_schema_per_type():
     assert s["required"] == ["question", "answer"] and s["additionalProperties"] is False
 
 
+def test_string_lengths_are_bounded_in_the_grammar_only_where_the_profile_says_so():
+    from helpers import dataset
+
+    mini, h100 = dataset.settings("mini"), dataset.settings("h100")
+    bounded = generation.schema("factual", mini)["properties"]
+    assert bounded["question"]["maxLength"] == mini["question_max_chars"]
+    assert bounded["answer"]["maxLength"] == mini["answer_max_chars"]
+    free = generation.schema("factual", h100)["properties"]
+    assert "maxLength" not in free["question"] and "maxLength" not in free["answer"]
+    assert free["question"]["minLength"] == 10  # the lower bound stays in the grammar everywhere
+
+
 # --------------------------------------------------------------------------- partition
 CHUNKS = [{"id": f"doc{d}.md#c{i:04d}", "doc_id": f"doc{d}.md", "token_count": 100} for d in range(7) for i in range(9)]
 

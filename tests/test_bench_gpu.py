@@ -1,0 +1,70 @@
+"""bench-gpu bookkeeping that needs no GPU: merging re-measured parts and the verdicts in docs/benchmarks.md."""
+
+import pytest
+
+from helpers import bench_gpu
+
+ENV = {"gpu": "NVIDIA H100 80GB HBM3", "vllm": "0.26.0"}
+
+
+def results(**parts):
+    return {"environment": dict(ENV), "prompt_tokens": 512, "output_tokens": 256, "prompts": 256,
+            "measured_at": {}, **parts}
+
+
+def generation_parts(step_tps, raw_tps):
+    step = {"requests": 256, "output_tokens": 25600, "seconds": 25600 / step_tps, "tokens_per_s": step_tps,
+            "valid_records": 250, "rejects": 6, "min_tokens": 40, "max_tokens": 130, "build_seconds": 0.05}
+    raw = {"requests": 256, "output_tokens": 25600, "seconds": 25600 / raw_tps, "tokens_per_s": raw_tps}
+    return {"generation_step": step, "generation_raw": raw, "generation_ratio": round(step_tps / raw_tps, 3)}
+
+
+def test_merge_keeps_earlier_parts_and_replaces_re_measured_ones():
+    base = results(eager={"startup_s": 16.0}, qlora={"peak_memory_gb": 9.5}, generation_variants=[{"label": "x"}])
+    base["measured_at"] = {"eager": "2026-11-24", "qlora": "2026-11-24"}
+    new = results(qlora={"peak_memory_gb": 8.4})
+    new["measured_at"] = {"qlora": "2026-11-25T15:00"}
+    merged = bench_gpu.merge(base, new)
+    assert merged["eager"] == {"startup_s": 16.0} and merged["qlora"] == {"peak_memory_gb": 8.4}
+    assert merged["generation_variants"] == [{"label": "x"}]
+    assert merged["measured_at"] == {"eager": "2026-11-24", "qlora": "2026-11-25T15:00"}
+
+
+def test_merge_refuses_results_from_another_machine_or_shape():
+    other = results()
+    other["environment"]["gpu"] = "NVIDIA L4"
+    with pytest.raises(ValueError, match="different environments"):
+        bench_gpu.merge(results(), other)
+    with pytest.raises(ValueError, match="prompts"):
+        bench_gpu.merge(results(), {**results(), "prompts": 64})
+
+
+@pytest.mark.parametrize("step_tps, verdict", [(9500.0, "erreicht"), (8000.0, "verfehlt")])
+def test_generation_verdict_follows_the_measured_ratio(tmp_path, step_tps, verdict):
+    out = bench_gpu.write_markdown(results(**generation_parts(step_tps, 10000.0)), tmp_path / "b.md", plot=False)
+    text = out.read_text(encoding="utf-8")
+    assert f"erreicht {step_tps / 10000:.0%} des rohen vLLM-Durchsatzes" in text
+    assert f"(Ziel ≥ 90%: {verdict})" in text
+    assert "40–130 Tokens" in text  # unequal lengths: the tail comparison is explained
+
+
+def test_qlora_verdicts_check_memory_and_speed_separately(tmp_path):
+    q = {"steps": 32, "batch": "4 x 1024", "peak_memory_gb": 9.4, "tokens_per_s": 4000.0, "seconds": 30.0,
+         "train_tokens_per_example": 1024.0, "trainable_parameters": 41943040}
+    text = bench_gpu.write_markdown(results(qlora=q), tmp_path / "b.md", plot=False).read_text(encoding="utf-8")
+    assert "Ziel ≤ 9.0 GB: verfehlt" in text and "Ziel ≥ 3258 Tokens/s (die rohe" in text
+    assert text.count(": erreicht.") == 1
+    assert "Noch nicht auf der GPU gemessen: generation" in text
+
+
+def test_committed_benchmarks_render_from_their_json(tmp_path):
+    """docs/benchmarks.md is generated from docs/benchmarks-gpu.json, never edited by hand."""
+    from helpers import io
+
+    data = io.read_json(bench_gpu.RESULTS)
+    rendered = bench_gpu.write_markdown(data, tmp_path / "benchmarks.md", plot=False).read_text(encoding="utf-8")
+    committed = (bench_gpu.RESULTS.parent / "benchmarks.md").read_text(encoding="utf-8")
+    assert rendered.replace("![Durchsatz](benchmarks.png)\n", "").rstrip() == \
+        committed.replace("![Durchsatz](benchmarks.png)\n", "").rstrip()
+    for part in ("generation", "qlora", "eager", "graphs", "lora"):
+        assert part in data["measured_at"]
