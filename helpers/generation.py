@@ -68,10 +68,11 @@ def schema(qa_type: str, cfg: dict | None = None) -> dict:
     ``cfg["length_in_schema"]`` decides whether the string lengths are bounded inside the grammar
     (``maxLength``). Bounding them forces a rambling model to close its strings, but the grammar must then
     count characters across multi-character tokens: xgrammar's per-request token mask got about 12x more
-    expensive (49 vs 4 us per token on the CI CPU), and the step ran at 54 % of raw vLLM on an H100 with
-    it vs 82 % without (docs/benchmarks.md). So only the Kurs-Mini profiles bound lengths in the grammar;
-    elsewhere ``qa_max_tokens`` caps the output (an overlong one ends as a ``truncated`` reject) and QC checks
-    ``question_max_chars``/``answer_max_chars``, writing over-long pairs to its rejects with the reason.
+    expensive (49 vs 4 us per token, measured with xgrammar alone on a 2-core CPU), and the step ran at
+    54 % of raw vLLM on an H100 with it vs 79-82 % without (two runs, docs/benchmarks.md). So only the
+    Kurs-Mini profiles bound lengths in the grammar; elsewhere ``qa_max_tokens`` caps the output (an
+    overlong one ends as a ``truncated`` reject) and QC checks ``question_max_chars``/``answer_max_chars``,
+    writing over-long pairs to its rejects with the reason.
     """
     cfg = cfg or dataset.DEFAULTS
     bounded = cfg.get("length_in_schema", False)
