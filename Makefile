@@ -35,6 +35,7 @@ clean-runs:
 
 gpu-regression:
 	$(GPU_PYTHON) -m helpers course run --profile gpu-smoke
+	$(GPU_PYTHON) -m pytest tests/test_gpumem.py   # real out-of-memory failures (skipped without CUDA)
 
 bench-gpu:
 	$(GPU_PYTHON) -m helpers bench-gpu

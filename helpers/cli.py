@@ -95,6 +95,9 @@ def cmd_data(args) -> int:
 def cmd_bench(args) -> int:
     from . import bench
 
+    unknown = [n for n in args.names if n not in bench.BENCHMARKS]
+    if unknown:
+        raise ValueError(f"Unknown benchmark(s) {', '.join(unknown)}: choose from {', '.join(bench.BENCHMARKS)}.")
     bench.run(args.names or None)
     return 0
 
@@ -102,6 +105,9 @@ def cmd_bench(args) -> int:
 def cmd_bench_gpu(args) -> int:
     from . import bench_gpu
 
+    unknown = [n for n in args.parts if n not in bench_gpu.PARTS]
+    if unknown:
+        raise ValueError(f"Unknown bench-gpu part(s) {', '.join(unknown)}: choose from {', '.join(bench_gpu.PARTS)}.")
     output = args.output or bench_gpu.RESULTS
     results = bench_gpu.run(args.parts or None, output, n_prompts=args.prompts,
                             merge_into=output if args.merge else None)
@@ -285,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("bench", help="measure the speed targets in one run and print the ratios")
-    p.add_argument("names", nargs="*", choices=_bench_names(), help="benchmarks (default: all)")
+    # no `choices=` here: argparse (Python 3.11) rejects an empty `nargs="*"` list against choices
+    p.add_argument("names", nargs="*", help=f"benchmarks: {' '.join(_bench_names())} (default: all)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("bench-gpu", help="7B-scale GPU measurements (random weights) -> docs/benchmarks.md")
@@ -401,11 +408,13 @@ def main(argv: list[str] | None = None) -> int:
     sovereign.activate()
     args = build_parser().parse_args(argv)
     from .course import CourseError
+    from .gpumem import GPUMemoryError
     from .models import ModelNotAvailable
     from .serve import ServerError
 
     try:
         return args.func(args)
-    except (ProfileError, CourseError, ServerError, ModelNotAvailable, FileNotFoundError, ValueError) as exc:
+    except (ProfileError, CourseError, ServerError, ModelNotAvailable, GPUMemoryError, FileNotFoundError,
+            ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

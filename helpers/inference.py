@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from . import sovereign
+from . import gpumem, sovereign
 from .profiles import Profile, load_profile
 
 
@@ -70,8 +70,11 @@ def make_llm(profile: Profile | str | None = None, model: str | None = None, ena
     os.environ.update(cpu_environment(profile))
     from vllm import LLM
 
+    kwargs = engine_kwargs(profile, model, enable_lora, **overrides)
+    gpumem.check_weights_fit(profile, kwargs["model"], engine_kwargs=kwargs)
     t0 = time.time()
-    llm = LLM(**engine_kwargs(profile, model, enable_lora, **overrides))
+    with gpumem.advise(lambda: gpumem.inference_advice(profile, kwargs)):
+        llm = LLM(**kwargs)
     llm.startup_seconds = round(time.time() - t0, 1)
     return llm
 

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from . import inference, paths, sovereign
+from . import gpumem, inference, paths, sovereign
 from .profiles import Profile, load_profile
 
 _RUNNING: list["LoopbackServer"] = []
@@ -127,8 +127,9 @@ class LoopbackServer:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
                 self.stop()
+                tail = self.log_tail()
                 raise ServerError(f"{self.name} exited with code {code} before it became healthy. "
-                                  f"Last lines of {self.log_path}:\n{self.log_tail()}")
+                                  f"Last lines of {self.log_path}:\n{tail}{self.failure_hint(tail)}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
                     if resp.status == 200:
@@ -139,6 +140,10 @@ class LoopbackServer:
         self.stop()
         raise ServerError(f"{self.name} on port {self.port} was not healthy after {timeout:.0f} s. "
                           f"Last lines of {self.log_path}:\n{self.log_tail()}")
+
+    def failure_hint(self, log_tail: str) -> str:
+        """Advice appended to a start failure, read from the log (subclasses know their settings)."""
+        return ""
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -192,6 +197,11 @@ class VLLMServer(LoopbackServer):
     @property
     def base_url(self) -> str:
         return f"{self.url}/v1"
+
+    def failure_hint(self, log_tail: str) -> str:
+        if not gpumem.is_memory_error(log_tail):
+            return ""
+        return "\n\n" + gpumem.inference_advice(self.profile)
 
     def command(self) -> list[str]:
         kw = inference.engine_kwargs(self.profile, enable_lora=bool(self.adapters))

@@ -15,6 +15,7 @@ Decisions (and the traps of the original blog series they avoid):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import io, models, prompts
+from . import gpumem, io, models, prompts
 from .profiles import Profile, load_profile
 
 IGNORE_INDEX = -100
@@ -349,7 +350,9 @@ def train(profile: Profile | str, train_records: list[dict], eval_records: list[
     set_seed(cfg.get("seed", 0))
     if profile.device == "cpu" and cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
-    model = get_peft_model(load_model(profile, model_dir), lora_config(profile))
+    advice = functools.partial(gpumem.training_advice, profile, cfg)
+    with gpumem.advise(advice):
+        model = get_peft_model(load_model(profile, model_dir), lora_config(profile))
     trainable, total = model.get_nb_trainable_parameters()
     dtype = profile.resolved_dtype("train_dtype")
     ckpt_dir = output_dir.parent / f"{output_dir.name}.checkpoints"
@@ -386,9 +389,10 @@ def train(profile: Profile | str, train_records: list[dict], eval_records: list[
         tracker.start(run_name or output_dir.name, params=run_info,
                       tags={"adapter": output_dir.name, "dataset_fingerprint": run_info["dataset_fingerprint"]})
         callbacks.append(tracker.callback())
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(train_enc),
-                      eval_dataset=Dataset.from_list(eval_enc) if eval_enc else None,
-                      data_collator=make_collator(tok, collator), processing_class=tok, callbacks=callbacks)
+    with gpumem.advise(advice):
+        trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(train_enc),
+                          eval_dataset=Dataset.from_list(eval_enc) if eval_enc else None,
+                          data_collator=make_collator(tok, collator), processing_class=tok, callbacks=callbacks)
     checkpoint = None
     if resume:
         existing = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
@@ -398,7 +402,8 @@ def train(profile: Profile | str, train_records: list[dict], eval_records: list[
         torch.cuda.reset_peak_memory_stats()
     t0, cpu0 = time.time(), time.process_time()
     try:
-        out = trainer.train(resume_from_checkpoint=checkpoint)
+        with gpumem.advise(advice):
+            out = trainer.train(resume_from_checkpoint=checkpoint)
     except BaseException:
         if tracker is not None:
             tracker.end(status="FAILED")

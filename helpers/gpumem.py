@@ -1,0 +1,151 @@
+"""Memory failures on the GPU (and vLLM's KV cache on a CPU): recognise them and say which setting to lower.
+
+vLLM, PyTorch and bitsandbytes report memory trouble in their own words ("CUDA out of memory", "No
+available memory for the cache blocks", "larger than the available KV cache memory", ...) and name engine
+arguments. A course user changes a profile in helpers/profiles.yaml instead, so these helpers translate:
+the original message stays first, followed by the profile keys to change with their current values.
+
+Also a pre-flight check before vLLM starts: a model whose weight files alone exceed the memory the profile
+gives vLLM cannot run on this card, and it is cheaper to say so than to let a 7B load fail after minutes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .profiles import PROFILES_FILE, Profile
+
+MEMORY_PATTERNS = [
+    r"out of memory",
+    r"no available memory for the cache blocks",
+    r"larger than the (?:maximum number of tokens that can be stored in )?(?:available )?kv cache",
+    r"less than desired gpu memory utilization",
+    r"insufficient (?:gpu |kv cache )?memory",
+    r"cuda error: out of memory",
+    r"cublas_status_alloc_failed",
+]
+_MEMORY_RE = re.compile("|".join(MEMORY_PATTERNS), re.IGNORECASE)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+class GPUMemoryError(RuntimeError):
+    """A run did not fit into the device's memory; the message names the settings to change."""
+
+
+def is_memory_error(error: BaseException | str) -> bool:
+    """True for an out-of-memory exception or a message/log text that reports one."""
+    if not isinstance(error, str):
+        if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, also torch.cuda's alias
+            return True
+        error = f"{type(error).__name__}: {error}"
+    return bool(_MEMORY_RE.search(error))
+
+
+def gpu_memory_bytes() -> int | None:
+    """Total memory of GPU 0, or None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory
+
+
+def weight_bytes(model_dir: str | Path) -> int | None:
+    """Size of the weight files in a local model directory (None if it is not one)."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        return None
+    files = [f for f in path.iterdir() if f.suffix in WEIGHT_SUFFIXES and f.is_file()]
+    if any(f.suffix == ".safetensors" for f in files):  # a directory may carry both formats: count one
+        files = [f for f in files if f.suffix == ".safetensors"]
+    return sum(f.stat().st_size for f in files) or None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.1f} GB"
+
+
+def inference_settings(profile: Profile, engine_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    kw = engine_kwargs or {}
+    v = profile.vllm
+    return {key: kw.get(key, v.get(key)) for key in
+            ("gpu_memory_utilization", "max_model_len", "max_num_seqs", "quantization", "kv_cache_gb")}
+
+
+def inference_advice(profile: Profile, engine_kwargs: dict[str, Any] | None = None) -> str:
+    """What to change in the profile when a vLLM engine or server does not fit."""
+    s = inference_settings(profile, engine_kwargs)
+    where = f"profile '{profile.name}' in {PROFILES_FILE.name}"
+    if profile.device == "cpu":
+        return (f"vLLM's KV cache on the CPU is too small for this model and context. In {where}: raise "
+                f"`vllm.kv_cache_gb` (now {s['kv_cache_gb']}, the VLLM_CPU_KVCACHE_SPACE in GiB) or lower "
+                f"`vllm.max_model_len` (now {s['max_model_len']}).")
+    lines = [f"The model does not fit into GPU memory with the settings of {where}. Change, in this order:",
+             f"- `vllm.max_model_len` (now {s['max_model_len']}): the KV cache must hold at least one sequence "
+             "this long; halve it if your prompts allow.",
+             f"- `vllm.gpu_memory_utilization` (now {s['gpu_memory_utilization'] or 'vLLM default 0.9'}): the "
+             "share of the card vLLM may take. Raise it if the card is free; lower it if another process "
+             "(a second engine, a notebook kernel, a training run) holds memory -- see `nvidia-smi`.",
+             f"- `vllm.max_num_seqs` (now {s['max_num_seqs']}): fewer parallel sequences need less activation "
+             "memory.",
+             f"- the model itself (quantization now {s['quantization'] or 'none'}): a 4-bit AWQ model (profile "
+             "`t4`) needs about a quarter of the bf16 weights' memory."]
+    return "\n".join(lines)
+
+
+def training_advice(profile: Profile, cfg: dict[str, Any] | None = None) -> str:
+    """What to change in the profile when QLoRA training runs out of GPU memory."""
+    c = {**profile.train, **(cfg or {})}
+    where = f"profile '{profile.name}' in {PROFILES_FILE.name}"
+    return "\n".join([
+        f"Training ran out of GPU memory with the settings of {where}. Change, in this order:",
+        f"- `train.batch_size` (now {c.get('batch_size')}): halve it and double `train.grad_accum` (now "
+        f"{c.get('grad_accum', 1)}) to keep the effective batch size.",
+        f"- `train.gradient_checkpointing` (now {bool(c.get('gradient_checkpointing'))}): true trades about 30 % "
+        "speed for much less activation memory.",
+        f"- `train.max_length` (now {c.get('max_length')}): longer examples are rejected with a reason, never cut.",
+        f"- `train.quantize_4bit` (now {c.get('quantize_4bit', True)}): NF4 keeps a 7B base at about 4 GB.",
+        "Checkpoints written so far stay; `--resume` (or `train(..., resume=True)`) continues from the newest.",
+    ])
+
+
+def check_weights_fit(profile: Profile, model_dir: str | Path, total_bytes: int | None = None,
+                      engine_kwargs: dict[str, Any] | None = None) -> None:
+    """Refuse a model whose weight files alone exceed what the profile lets vLLM use on this GPU."""
+    if profile.device != "cuda":
+        return
+    total = total_bytes if total_bytes is not None else gpu_memory_bytes()
+    weights = weight_bytes(model_dir)
+    if not total or not weights:
+        return
+    share = inference_settings(profile, engine_kwargs)["gpu_memory_utilization"] or 0.9
+    budget = total * share
+    if weights > budget:
+        raise GPUMemoryError(
+            f"Model {model_dir} is too large for this card: its weights alone take {_gb(weights)}, but profile "
+            f"'{profile.name}' gives vLLM {_gb(budget)} ({share:.0%} of {_gb(total)}).\n"
+            + inference_advice(profile, engine_kwargs))
+
+
+def translate(exc: BaseException, advice: str) -> BaseException:
+    """The same failure, as a GPUMemoryError whose message ends with the advice; other errors unchanged."""
+    if not is_memory_error(exc):
+        return exc
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return GPUMemoryError(f"{type(exc).__name__}: {first[:500]}\n{advice}")
+
+
+@contextmanager
+def advise(advice: Callable[[], str]) -> Iterator[None]:
+    """``with gpumem.advise(lambda: ...):`` re-raises a memory failure inside as GPUMemoryError + advice."""
+    try:
+        yield
+    except Exception as exc:
+        translated = translate(exc, advice())
+        if translated is exc:
+            raise
+        raise translated from exc

@@ -1,0 +1,115 @@
+"""Out-of-memory and too-large models: the error names the profile settings to change.
+
+On a CPU runner CUDA memory cannot run out, so the first tests feed the translation real exception types
+and messages; the tests marked `gpu` cause the real failures and run wherever CUDA is visible (the GPU
+regression machine: `python -m pytest tests/test_gpumem.py`).
+"""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from helpers import gpumem, kursmini, paths
+from helpers.profiles import load_profile
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total capacity)"),
+    ValueError("No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when "
+               "initializing the engine."),
+    ValueError("To serve at least one request with the models's max seq len (8192), (4.0 GiB KV cache) is needed, "
+               "which is larger than the available KV cache memory (1.2 GiB)."),
+    RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+    "ValueError: Free memory on device (3.1/15.8 GiB) on startup is less than desired GPU memory utilization",
+])
+def test_memory_failures_are_recognised(error):
+    assert gpumem.is_memory_error(error)
+
+
+@pytest.mark.parametrize("error", [ValueError("max_model_len 9000 > max_position_embeddings 8192"),
+                                   FileNotFoundError("models/x/config.json"), KeyboardInterrupt()])
+def test_other_failures_pass_through_unchanged(error):
+    assert not gpumem.is_memory_error(error)
+    assert gpumem.translate(error, "advice") is error
+
+
+def test_inference_advice_names_the_profile_keys_with_their_values():
+    t4 = load_profile("t4")
+    err = gpumem.translate(ValueError("No available memory for the cache blocks."), gpumem.inference_advice(t4))
+    text = str(err)
+    assert isinstance(err, gpumem.GPUMemoryError) and text.startswith("ValueError: No available memory")
+    assert "profile 't4'" in text and f"`vllm.max_model_len` (now {t4.vllm['max_model_len']})" in text
+    assert f"`vllm.gpu_memory_utilization` (now {t4.vllm['gpu_memory_utilization']})" in text
+    assert "nvidia-smi" in text and "quantization now awq" in text
+
+
+def test_cpu_advice_points_at_the_kv_cache_setting():
+    text = gpumem.inference_advice(load_profile("mini"))
+    assert "`vllm.kv_cache_gb`" in text and "VLLM_CPU_KVCACHE_SPACE" in text
+
+
+def test_training_advice_keeps_the_effective_batch_and_mentions_resume():
+    l4 = load_profile("l4")
+    text = str(gpumem.translate(torch.OutOfMemoryError("CUDA out of memory."), gpumem.training_advice(l4)))
+    assert f"`train.batch_size` (now {l4.train['batch_size']})" in text and "`train.grad_accum`" in text
+    assert "`train.gradient_checkpointing`" in text and "--resume" in text
+
+
+def test_weights_larger_than_the_vllm_share_are_refused_before_loading():
+    model = kursmini.ensure()
+    weights = gpumem.weight_bytes(model)
+    assert weights and weights > 1_000_000
+    smoke = load_profile("gpu-smoke")  # gpu_memory_utilization 0.3
+    with pytest.raises(gpumem.GPUMemoryError, match="too large for this card") as exc:
+        gpumem.check_weights_fit(smoke, model, total_bytes=int(weights * 2))  # 30 % of 2x the weights
+    assert "`vllm.gpu_memory_utilization` (now 0.3)" in str(exc.value)
+    gpumem.check_weights_fit(smoke, model, total_bytes=int(weights * 4))  # fits: no error
+    gpumem.check_weights_fit(load_profile("mini"), model, total_bytes=1)  # CPU profile: no GPU check
+
+
+def test_weight_size_is_unknown_for_a_hub_id_or_a_weightless_directory(tmp_path):
+    assert gpumem.weight_bytes("mistralai/Mistral-7B-v0.1") is None
+    (tmp_path / "config.json").write_text("{}")
+    assert gpumem.weight_bytes(tmp_path) is None
+    gpumem.check_weights_fit(load_profile("gpu-smoke"), tmp_path, total_bytes=1)  # nothing to compare: passes
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=paths.ROOT, capture_output=True,
+                          text=True, timeout=900)
+
+
+@gpu
+def test_a_7b_model_in_a_small_vllm_share_fails_with_the_settings_to_change(tmp_path):
+    proc = _run(f"""
+        from helpers import bench_gpu, inference, gpumem
+        model = bench_gpu.make_model_dir({str(tmp_path / "m")!r})  # 7B shape, weights filled by vLLM's dummy loader
+        try:
+            inference.make_llm("gpu-smoke", model=str(model), load_format="dummy", gpu_memory_utilization=0.05)
+        except gpumem.GPUMemoryError as exc:
+            print("GPUMEMORYERROR", exc)
+        """)
+    assert "GPUMEMORYERROR" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "`vllm.gpu_memory_utilization`" in proc.stdout and "profile 'gpu-smoke'" in proc.stdout
+
+
+@gpu
+def test_training_out_of_gpu_memory_names_batch_size_and_checkpointing(tmp_path):
+    proc = _run(f"""
+        import torch
+        from helpers import gold, gpumem, training
+        free, _ = torch.cuda.mem_get_info()
+        hog = torch.empty(free - 8 * 2**20, dtype=torch.uint8, device="cuda")  # leave the run ~8 MB
+        try:
+            training.train("gpu-smoke", gold.load_qa()[:16], None, {str(tmp_path / "a")!r}, max_steps=2,
+                           progress=False)
+        except gpumem.GPUMemoryError as exc:
+            print("GPUMEMORYERROR", exc)
+        """)
+    assert "GPUMEMORYERROR" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "`train.batch_size`" in proc.stdout and "--resume" in proc.stdout
