@@ -389,20 +389,19 @@ def train(profile: Profile | str, train_records: list[dict], eval_records: list[
         tracker.start(run_name or output_dir.name, params=run_info,
                       tags={"adapter": output_dir.name, "dataset_fingerprint": run_info["dataset_fingerprint"]})
         callbacks.append(tracker.callback())
-    with gpumem.advise(advice):
-        trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(train_enc),
-                          eval_dataset=Dataset.from_list(eval_enc) if eval_enc else None,
-                          data_collator=make_collator(tok, collator), processing_class=tok, callbacks=callbacks)
     checkpoint = None
     if resume:
         existing = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
         checkpoint = str(existing[-1]) if existing else None
         print(f"Resuming from {checkpoint}" if checkpoint else f"--resume: no checkpoint in {ckpt_dir}, starting fresh")
-    if profile.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0, cpu0 = time.time(), time.process_time()
-    try:
+    try:  # from here on a tracked run exists: any failure marks it FAILED instead of leaving it RUNNING
         with gpumem.advise(advice):
+            trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(train_enc),
+                              eval_dataset=Dataset.from_list(eval_enc) if eval_enc else None,
+                              data_collator=make_collator(tok, collator), processing_class=tok, callbacks=callbacks)
+            if profile.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t0, cpu0 = time.time(), time.process_time()
             out = trainer.train(resume_from_checkpoint=checkpoint)
     except BaseException:
         if tracker is not None:
