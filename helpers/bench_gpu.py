@@ -52,26 +52,29 @@ def _params(max_tokens: int = OUTPUT_TOKENS):
     return SamplingParams(max_tokens=max_tokens, min_tokens=max_tokens, ignore_eos=True, temperature=0.0)
 
 
-def throughput(llm, prompts: list[dict], max_tokens: int = OUTPUT_TOKENS, lora_request=None) -> dict:
-    """Output tokens per second for one ``generate`` call over all prompts."""
-    t0 = time.perf_counter()
-    outs = llm.generate(prompts, _params(max_tokens), lora_request=lora_request, use_tqdm=False)
-    seconds = time.perf_counter() - t0
-    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-    return {"requests": len(prompts), "output_tokens": tokens, "seconds": round(seconds, 2),
+def _rate(requests: int, tokens: int, seconds: float) -> dict:
+    return {"requests": requests, "output_tokens": tokens, "seconds": round(seconds, 2),
             "tokens_per_s": round(tokens / seconds, 1)}
 
 
-def sequential(llm, prompts: list[dict], max_tokens: int = OUTPUT_TOKENS) -> dict:
+def throughput(llm, prompts: list, max_tokens: int = OUTPUT_TOKENS, lora_request=None, params=None) -> dict:
+    """Output tokens per second for one ``generate`` call over all prompts (``params``: one or one per prompt;
+    default: exactly ``max_tokens`` each, EOS ignored)."""
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, params or _params(max_tokens), lora_request=lora_request, use_tqdm=False)
+    seconds = time.perf_counter() - t0
+    return _rate(len(prompts), sum(len(o.outputs[0].token_ids) for o in outs), seconds)
+
+
+def sequential(llm, prompts: list, max_tokens: int = OUTPUT_TOKENS, params: list | None = None) -> dict:
     """The per-request loop of the original series: one prompt, wait, next prompt."""
+    params = params or [_params(max_tokens)] * len(prompts)
     t0 = time.perf_counter()
     tokens = 0
-    for prompt in prompts:
-        out = llm.generate([prompt], _params(max_tokens), use_tqdm=False)
+    for prompt, p in zip(prompts, params):
+        out = llm.generate([prompt], p, use_tqdm=False)
         tokens += len(out[0].outputs[0].token_ids)
-    seconds = time.perf_counter() - t0
-    return {"requests": len(prompts), "output_tokens": tokens, "seconds": round(seconds, 2),
-            "tokens_per_s": round(tokens / seconds, 1)}
+    return _rate(len(prompts), tokens, time.perf_counter() - t0)
 
 
 def random_lora_adapter(out: str | Path, model_cfg: dict, rank: int = 16, seed: int = 0,
@@ -219,7 +222,6 @@ def bench_generation(workdir: Path, n_chunks: int = 64, max_tokens: int = OUTPUT
       measures; the gap to ``generation_raw`` is the tail of a batch whose answers differ in length;
     * ``generation_sequential``: the step's first 16 requests one at a time (the per-request loop).
     """
-    from vllm import SamplingParams
 
     from . import chunking, dataset, generation
     from .profiles import load_profile
@@ -241,40 +243,22 @@ def bench_generation(workdir: Path, n_chunks: int = 64, max_tokens: int = OUTPUT
                                     **{**extra, **(engine_kw or {})})
     generation.generate_unit(llm, profile, chosen[:4], cfg, max_tokens=16)  # warm-up (grammar compile)
 
-    def timed(fn):
-        t0 = time.perf_counter()
-        value = fn()
-        seconds = time.perf_counter() - t0
-        return value, seconds
-
-    (records, rejects, gen_tokens), gen_seconds = timed(lambda: generation.generate_unit(
-        llm, profile, chosen, cfg, max_tokens=max_tokens))
-    (texts, _, metas), build_seconds = timed(lambda: generation.build_requests(llm, profile, chosen, cfg, max_tokens))
+    t0 = time.perf_counter()
+    records, rejects, gen_tokens = generation.generate_unit(llm, profile, chosen, cfg, max_tokens=max_tokens)
+    gen_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    texts, _, metas = generation.build_requests(llm, profile, chosen, cfg, max_tokens)
+    build_seconds = time.perf_counter() - t0
     produced = {r["id"]: r["output_tokens"] for r in records + rejects}
     lengths = [max(1, produced[generation.record_id(c["id"], t)]) for c, t in metas]
 
-    def forced(n: int):
-        return SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0)
-
-    def measure(params, prompts=texts):
-        outs, seconds = timed(lambda: llm.generate(prompts, params, use_tqdm=False))
-        n = sum(len(o.outputs[0].token_ids) for o in outs)
-        return {"requests": len(prompts), "output_tokens": n, "seconds": round(seconds, 2),
-                "tokens_per_s": round(n / seconds, 1)}
-
-    raw = measure([forced(n) for n in lengths])
-    uniform = measure(forced(max(1, gen_tokens // len(texts))))
+    raw = throughput(llm, texts, params=[_params(n) for n in lengths])  # each forced to the step's length
+    uniform = throughput(llm, texts, max(1, gen_tokens // len(texts)))
     seq_texts, seq_params, _ = generation.build_requests(llm, profile, chosen[:6], cfg, max_tokens)
-    t0, seq_tokens = time.perf_counter(), 0
-    for text, params in list(zip(seq_texts, seq_params))[:16]:  # the step's own requests, one call each
-        seq_tokens += len(llm.generate([text], params, use_tqdm=False)[0].outputs[0].token_ids)
-    seq_seconds = time.perf_counter() - t0
-    step = {"requests": len(texts), "output_tokens": gen_tokens, "seconds": round(gen_seconds, 2),
-            "tokens_per_s": round(gen_tokens / gen_seconds, 1), "valid_records": len(records),
+    sequential_ = sequential(llm, seq_texts[:16], params=seq_params[:16])  # the step's own requests, one by one
+    step = {**_rate(len(texts), gen_tokens, gen_seconds), "valid_records": len(records),
             "rejects": len(rejects), "min_tokens": min(lengths), "max_tokens": max(lengths),
             "build_seconds": round(build_seconds, 3), "length_in_schema": bool(cfg.get("length_in_schema"))}
-    sequential_ = {"requests": min(16, len(seq_texts)), "output_tokens": seq_tokens, "seconds": round(seq_seconds, 2),
-                   "tokens_per_s": round(seq_tokens / seq_seconds, 1)}
     return {"generation_step": step, "generation_raw": raw, "generation_raw_uniform": uniform,
             "generation_sequential": sequential_,
             "generation_ratio": round(step["tokens_per_s"] / raw["tokens_per_s"], 3)}
@@ -390,10 +374,10 @@ def run(parts: list[str] | None = None, output: str | Path | None = None, n_prom
         print(f"== bench-gpu part: {part}", flush=True)
         results.update(run_part(part, work, n_prompts, model_cfg, engine_kw, max_tokens))
         results["measured_at"][part] = datetime.now().isoformat(timespec="minutes")
-    io.write_json(work / "bench-gpu.json", results)  # this run alone, kept even if the merge is refused
-    if merge_into and Path(merge_into).exists():
-        results = merge(io.read_json(merge_into), results)
     out = Path(output or work / "bench-gpu.json")
+    if merge_into and Path(merge_into).exists():
+        io.write_json(work / "bench-gpu.json", results)  # this run alone, kept even if the merge is refused
+        results = merge(io.read_json(merge_into), results)
     io.write_json(out, results)
     print(json.dumps(results, indent=2))
     return results
