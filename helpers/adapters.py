@@ -4,7 +4,9 @@ One vLLM engine (``enable_lora=True``) serves the base model and several adapter
 batch names its own adapter (or none). vLLM keeps up to ``max_loras`` adapters in its active slots and
 computes all of them in the same forward pass, so a mixed batch costs one pass, not one pass per adapter.
 
-Every adapter is checked *before* the engine starts, with messages that say what to do:
+This is the one home of adapter checks, with one error type (``AdapterError``): the CLI's ``NAME=DIR``
+specs, the rank limit, the shapes against the served model, and ``lora_request``. Every adapter is checked
+*before* the engine starts, with messages that say what to do:
 unknown name, a directory without ``adapter_config.json``, a rank above ``max_lora_rank``, or an adapter
 trained on another base model (its weight shapes do not fit the served model's layers).
 """
@@ -17,20 +19,34 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .profiles import Profile, load_profile
+from .errors import HelpersError
 
 # vLLM accepts only these values for --max-lora-rank (vllm.config.lora.MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
-class AdapterError(ValueError):
+class AdapterError(HelpersError, ValueError):
     """An adapter cannot be served with this model/profile; the message says why and what to do."""
 
 
 # --------------------------------------------------------------------------- adapter files
-def read_config(adapter_dir: str | Path) -> dict:
+def parse_adapters(specs: list[str] | None) -> dict[str, str]:
+    """Turn ``NAME=DIR`` strings (the CLI's ``--adapter``) into a dict; each directory must hold an adapter."""
+    adapters = {}
+    for spec in specs or []:
+        if "=" not in spec:
+            raise AdapterError(f"Adapter '{spec}' must be given as NAME=DIR")
+        name, directory = spec.split("=", 1)
+        read_config(directory, name)
+        adapters[name] = directory
+    return adapters
+
+
+def read_config(adapter_dir: str | Path, name: str | None = None) -> dict:
     path = Path(adapter_dir) / "adapter_config.json"
     if not path.exists():
-        raise AdapterError(f"{adapter_dir} is not a LoRA adapter: it has no adapter_config.json. Train one with "
+        who = f"Adapter '{name}': " if name else ""
+        raise AdapterError(f"{who}{adapter_dir} is not a LoRA adapter: it has no adapter_config.json. Train one with "
                            "`python -m helpers train` or pass the directory that holds adapter_config.json.")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -43,20 +59,18 @@ def adapter_rank(config: dict) -> int:
     return max([int(config.get("r", 0))] + [int(v) for v in (config.get("rank_pattern") or {}).values()])
 
 
-def check_adapter(name: str, adapter_dir: str | Path, profile: Profile | str | None = None,
-                  model_dir: str | None = None) -> dict:
-    """Raise a ValueError that names the cause unless the adapter fits the served model and the profile's
-    LoRA limits (rank <= max_lora_rank; weight shapes fit the model's layers, via training.check_adapter).
+def check_adapter(name: str, adapter_dir: str | Path, profile: Profile, model_dir: str | None = None) -> dict:
+    """Raise an ``AdapterError`` that names the cause unless the adapter fits the served model and the
+    profile's LoRA limits (rank <= max_lora_rank; weight shapes fit the model's layers, ``check_shapes``).
 
     Returns a short description (name, rank, base model, modules) for display.
     """
-    from . import inference, training
+    from . import inference
 
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
     adapter_dir = Path(adapter_dir)
     config = read_config(adapter_dir)
     rank = adapter_rank(config)
-    max_rank = int(profile.vllm.get("max_lora_rank", 16))
+    max_rank = profile.vllm.max_lora_rank
     if rank > max_rank:
         allowed = [r for r in VLLM_LORA_RANKS if r >= rank]
         raise AdapterError(
@@ -65,7 +79,7 @@ def check_adapter(name: str, adapter_dir: str | Path, profile: Profile | str | N
             f"{', '.join(map(str, allowed[:3]))}, ...; a higher maximum costs memory in every adapter slot) or "
             "retrain the adapter with a smaller r.")
     model_dir = model_dir or inference.model_dir(profile)
-    training.check_adapter(adapter_dir, model_dir)  # shapes vs. the served model: names the other base model
+    check_shapes(adapter_dir, model_dir)  # shapes vs. the served model: names the other base model
     base_name = config.get("base_model_name_or_path") or "(not recorded)"
     if Path(str(base_name)).name != Path(str(model_dir)).name:
         warnings.warn(f"Adapter '{name}' records base model '{base_name}', the served model is {model_dir}; "
@@ -77,7 +91,7 @@ def check_adapter(name: str, adapter_dir: str | Path, profile: Profile | str | N
             "modules": ", ".join(sorted(modules)) if isinstance(modules, list) else str(modules)}
 
 
-def check_all(adapters: dict[str, str | Path], profile: Profile | str | None = None,
+def check_all(adapters: dict[str, str | Path], profile: Profile,
               model_dir: str | None = None) -> list[dict]:
     """check_adapter for every adapter; returns their descriptions."""
     names = list(adapters)
@@ -85,6 +99,70 @@ def check_all(adapters: dict[str, str | Path], profile: Profile | str | None = N
         raise AdapterError(f"Adapter name '{bad}' is not usable as a model name (no spaces or '='; "
                            f"'{BASE}' is reserved for the base model).")
     return [check_adapter(n, d, profile, model_dir) for n, d in adapters.items()]
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple]:
+    from safetensors import safe_open
+
+    shapes = {}
+    with safe_open(str(path), framework="pt") as fh:
+        for key in fh.keys():
+            shapes[key] = tuple(fh.get_slice(key).get_shape())
+    return shapes
+
+
+def _base_shapes(model_dir: Path) -> dict[str, tuple]:
+    index = model_dir / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    shapes: dict[str, tuple] = {}
+    for name in files:
+        if not (model_dir / name).exists():
+            raise AdapterError(f"{model_dir / name} missing: the base model directory is incomplete.")
+        shapes.update(_safetensors_shapes(model_dir / name))
+    return shapes
+
+
+def check_shapes(adapter_dir: str | Path, model_dir: str | Path) -> dict:
+    """Check that a LoRA adapter fits the base model (modules exist, shapes match, rank); returns its config.
+
+    vLLM's own error for a mismatching adapter is a shape error deep in the engine; this names the cause.
+    """
+    adapter_dir, model_dir = Path(adapter_dir), Path(model_dir)
+    config = read_config(adapter_dir)
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.exists():
+        raise AdapterError(f"{adapter_dir} is not a LoRA adapter: it has no adapter_model.safetensors. Train one "
+                           "with `python -m helpers train`.")
+    base = _base_shapes(model_dir)
+    problems = []
+    for key, shape in _safetensors_shapes(weights).items():
+        if ".lora_A." not in key and ".lora_B." not in key:
+            continue
+        module = key.split(".lora_")[0].removeprefix("base_model.model.")
+        base_key = f"{module}.weight"
+        if base_key not in base:
+            problems.append(f"module {module} does not exist in the base model")
+            continue
+        out_f, in_f = base[base_key][:2]
+        expected_in = ".lora_A." in key and shape[1] != in_f
+        expected_out = ".lora_B." in key and shape[0] != out_f
+        if expected_in or expected_out:
+            problems.append(f"{key}: shape {shape} does not fit base weight {base_key} {base[base_key]}")
+    if problems:
+        trained_on = config.get("base_model_name_or_path")
+        raise AdapterError(
+            f"Adapter {adapter_dir} does not match the base model {model_dir} ({len(problems)} problems, e.g. "
+            f"{problems[0]}). It was trained on '{trained_on}'. Load it onto that model, or retrain it for "
+            "this one (`python -m helpers train`).")
+    return config
+
+
+def lora_request(name: str, adapter_dir: str | Path, profile: Profile, lora_id: int = 1):
+    """A vLLM ``LoRARequest`` for an adapter, after ``check_adapter`` (rank limit, shapes of the served model)."""
+    from vllm.lora.request import LoRARequest
+
+    check_adapter(name, adapter_dir, profile)
+    return LoRARequest(name, lora_id, str(Path(adapter_dir).resolve()))
 
 
 # --------------------------------------------------------------------------- the CPU base-request bug
@@ -169,7 +247,7 @@ class AdapterSet:
         return self._requests[name]
 
 
-def make_lora_llm(profile: Profile | str | None, adapters: dict[str, str | Path],
+def make_lora_llm(profile: Profile, adapters: dict[str, str | Path],
                   base_via_adapter: bool | None = None, **overrides: Any):
     """Check the adapters, then start one offline engine with LoRA enabled; returns (llm, AdapterSet).
 
@@ -179,7 +257,6 @@ def make_lora_llm(profile: Profile | str | None, adapters: dict[str, str | Path]
     """
     from . import inference
 
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
     model_dir = overrides.get("model") or inference.model_dir(profile)
     check_all(adapters, profile, model_dir)
     leaks = needs_base_adapter(profile)
@@ -209,24 +286,6 @@ def generate_mixed(llm, adapter_set: AdapterSet, prompts: Sequence[str], adapter
     return results
 
 
-def lora_server(profile: Profile | str | None, adapters: dict[str, str | Path], port: int | None = None,
-                **kwargs: Any):
-    """A VLLMServer (not started) serving ``adapters`` by name, after the same checks as offline.
-
-    Where base requests would leak (CPU, see base_requests_leak), the identity adapter is served as
-    "base" too: ask for model "base" to get correct base-model answers.
-    """
-    from . import inference
-    from .serve import VLLMServer
-
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
-    check_all(adapters, profile)
-    served = {k: str(v) for k, v in adapters.items()}
-    if needs_base_adapter(profile):
-        served[BASE] = str(base_adapter(inference.model_dir(profile)))
-    return VLLMServer(profile, port=port, adapters=served, **kwargs)
-
-
 # --------------------------------------------------------------------------- test/bench adapters
 def random_adapter(out_dir: str | Path, model_dir: str | None = None, r: int = 8, seed: int = 0,
                    target_modules: str | list[str] = "all-linear", identity: bool = False) -> Path:
@@ -245,7 +304,7 @@ def random_adapter(out_dir: str | Path, model_dir: str | None = None, r: int = 8
         return out_dir
     from . import inference
 
-    model_dir = model_dir or inference.model_dir(load_profile("mini"))
+    model_dir = model_dir or inference.model_dir(load_profile("mini"))  # test/bench helper: Kurs-Mini
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=target_modules, task_type="CAUSAL_LM",
@@ -271,11 +330,3 @@ def summary_by_adapter(generations: Sequence) -> "Any":
     return (df.groupby("adapter", sort=False)
               .agg(prompts=("stopped", "size"), stop_rate=("stopped", "mean"),
                    mittlere_tokens=("output_tokens", "mean")).reset_index())
-
-
-def deployment_args(target: str = "lora") -> list[str]:
-    """The vLLM container arguments a manifest target deploys (for the notebook)."""
-    from . import manifests
-
-    dep = next(d for d in manifests.render(target) if d["kind"] == "Deployment")
-    return list(dep["spec"]["template"]["spec"]["containers"][0]["args"])

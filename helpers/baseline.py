@@ -2,32 +2,18 @@
 
 Two prompt variants through the same chat template and system prompt: the question alone ("closed book")
 and question + context ("RAG-style"). For each the stop rate (vLLM finish reasons), the answer length and
-a simple token overlap with the reference answer (unigram F1, the SQuAD measure) are measured.
+a simple token overlap with the reference answer (``textmetrics.token_f1``, the SQuAD measure that
+notebook 05.2 reports too) are measured.
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from typing import Sequence
 
 from . import inference, prompts
+from .textmetrics import token_f1
 
 VARIANTS = {"ohne Kontext": False, "mit Kontext": True}
-
-
-def _tokens(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """Unigram F1 between prediction and reference (0 when either is empty)."""
-    pred, ref = _tokens(prediction), _tokens(reference)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if not pred or not ref or not common:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
 
 
 def compare_prompting(llm, profile, records: Sequence[dict], progress: bool = False) -> dict[str, dict]:

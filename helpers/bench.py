@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from . import course, io, paths
+from .profiles import load_profile
 
 TARGETS = {
     "generation_loop_over_batch": 0.1,   # per-request loop tok/s ÷ offline batch tok/s: batch ≥ 10× the loop
@@ -51,7 +52,6 @@ def bench_lora_overhead(n_prompts: int = 16, max_tokens: int = 64, profile_name:
     are printed, not checked against a target; the GPU target (4 adapters within 10 %) belongs to bench_gpu.
     """
     from . import adapters, gold, inference, prompts
-    from .profiles import load_profile
 
     profile = load_profile(profile_name)
     records = gold.sample(gold.load_qa(), n_prompts, seed=3)
@@ -81,7 +81,7 @@ def bench_lora_overhead(n_prompts: int = 16, max_tokens: int = 64, profile_name:
             inference.shutdown(llm)
 
     def with_lora(tmp: str) -> None:
-        rank = int(profile.lora.get("r", 16))
+        rank = profile.lora.r
         dirs = {n: adapters.random_adapter(Path(tmp) / n, r=rank, seed=i) for i, n in enumerate(("a1", "a2"))}
         llm, aset = adapters.make_lora_llm(profile, dirs, base_via_adapter=False, max_loras=2,
                                            enable_prefix_caching=False)
@@ -109,7 +109,7 @@ def bench_generation_batching() -> dict:
     """Offline batching vs the sequential per-request loop, same generation prompts, one run (issue 4)."""
     from . import throughput
 
-    return throughput.batching_benchmark("mini")
+    return throughput.batching_benchmark(load_profile("mini"))
 
 
 def bench_train_mini() -> dict:
@@ -119,7 +119,7 @@ def bench_train_mini() -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         train, evaluation = training.training_records(tmp)
         t0 = time.time()
-        result = training.train("mini", train, evaluation, Path(tmp) / "adapters" / "fixed", progress=False)
+        result = training.train(load_profile("mini"), train, evaluation, Path(tmp) / "adapters" / "fixed", progress=False)
         total = time.time() - t0
     return {"train_mini_s": round(total, 1), "train_mini_loop_s": result.info["seconds"],
             "train_mini_tokens_per_s": result.info["tokens_per_s"],
@@ -146,3 +146,19 @@ def run(names: list[str] | None = None) -> dict:
     io.write_json(out, results)
     print(f"results: {out}")
     return results
+
+
+# --------------------------------------------------------------------------- command line
+def add_cli(sub, profile) -> None:
+    p = sub.add_parser("bench", help="measure the speed targets in one run and print the ratios")
+    # no `choices=` here: argparse (Python 3.11) rejects an empty `nargs="*"` list against choices
+    p.add_argument("names", nargs="*", help=f"benchmarks: {' '.join(BENCHMARKS)} (default: all)")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        raise ValueError(f"Unknown benchmark(s) {', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}.")
+    run(args.names or None)
+    return 0

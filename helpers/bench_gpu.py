@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 from . import io, paths
+from .bench_gpu_report import write_markdown
+from .profiles import load_profile
 
 MISTRAL_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                   num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=32768,
@@ -166,7 +168,7 @@ def long_records(n: int, max_tokens: int = 1024, tokenizer=None) -> list[dict]:
     (within a few tokens) as the `train` step encodes it -- batch 4 x 1024 means 1024 real tokens, no padding."""
     from . import chunking, documents, gold, training
 
-    tok = tokenizer or chunking.get_tokenizer("mini")
+    tok = tokenizer or chunking.get_tokenizer(load_profile("mini"))
     corpus = " ".join(d.text for d in documents.load_corpus(paths.corpus_dir()))
     qa = gold.load_qa(types=("factual", "conceptual"))
     out = []
@@ -187,21 +189,20 @@ def long_records(n: int, max_tokens: int = 1024, tokenizer=None) -> list[dict]:
 
 
 def bench_qlora(workdir: Path, steps: int = 30, model_cfg: dict | None = None) -> dict:
-    # h100 profile: paged AdamW 8-bit, bfloat16 compute, NF4 double quant -- the settings of DESIGN §8.
+    # h100 profile: paged AdamW 8-bit, bfloat16 compute, NF4 double quant -- the h100 settings of helpers/profiles.yaml.
     """QLoRA through the course's own `train` step at batch 4 x 1024 tokens: peak memory and tokens/s."""
     import dataclasses
 
     from . import training
-    from .profiles import load_profile
 
     import torch
 
     ckpt = random_checkpoint(workdir / "mistral-7b-random", model_cfg)
     base = load_profile("h100" if torch.cuda.is_available() else "mini")  # mini: only to test on a CPU
-    train_cfg = {**base.train, "batch_size": 4, "grad_accum": 1, "max_length": 1024, "max_steps": steps,
-                 "gradient_checkpointing": True, "logging_steps": 5, "save_steps": 10 ** 6}
+    train_cfg = dataclasses.replace(base.train, batch_size=4, grad_accum=1, max_length=1024, max_steps=steps,
+                                    gradient_checkpointing=True, logging_steps=5, save_steps=10 ** 6)
     profile = dataclasses.replace(base, train_model=str(ckpt), train=train_cfg,
-                                  lora={**base.lora, "r": 16, "target_modules": "all-linear"})
+                                  lora=dataclasses.replace(base.lora, r=16, target_modules="all-linear"))
     result = training.train(profile, long_records(4 * steps), None, workdir / "qlora-adapter", progress=False)
     info = result.info
     return {"qlora": {"steps": steps, "batch": "4 x 1024", "peak_memory_gb": round(info["peak_memory_mb"] / 1024, 2),
@@ -224,17 +225,16 @@ def bench_generation(workdir: Path, n_chunks: int = 64, max_tokens: int = OUTPUT
     """
 
     from . import chunking, dataset, generation
-    from .profiles import load_profile
 
     import torch
 
     on_gpu = torch.cuda.is_available()
     profile = load_profile("h100" if on_gpu else "mini")  # mini: only to test this code on a CPU
-    cfg = dataset.settings(profile)
-    tok = chunking.get_tokenizer("mini")  # the dummy 7B carries Kurs-Mini's tokenizer
-    chunks = chunking.chunk_documents(dataset.prepare_documents(), tok, cfg["chunk_max_tokens"],
-                                      cfg["chunk_overlap"], progress=False)
-    chosen = generation.select_chunks(chunks, cfg["chunk_min_tokens"], n_chunks)
+    cfg = profile.dataset
+    tok = chunking.get_tokenizer(load_profile("mini"))  # the dummy 7B carries Kurs-Mini's tokenizer
+    chunks = chunking.chunk_documents(dataset.prepare_documents(), tok, cfg.chunk_max_tokens,
+                                      cfg.chunk_overlap, progress=False)
+    chosen = generation.select_chunks(chunks, cfg.chunk_min_tokens, n_chunks)
     # The grammar backend needs model and tokenizer vocabularies to agree: 7B shape, Kurs-Mini vocabulary.
     shape = {**MISTRAL_7B, **(model_cfg or {}), "vocab_size": len(tok)}
     model_dir = make_model_dir(workdir / "mistral-7b-dummy-kmvocab", **shape)
@@ -258,7 +258,7 @@ def bench_generation(workdir: Path, n_chunks: int = 64, max_tokens: int = OUTPUT
     sequential_ = sequential(llm, seq_texts[:16], params=seq_params[:16])  # the step's own requests, one by one
     step = {**_rate(len(texts), gen_tokens, gen_seconds), "valid_records": len(records),
             "rejects": len(rejects), "min_tokens": min(lengths), "max_tokens": max(lengths),
-            "build_seconds": round(build_seconds, 3), "length_in_schema": bool(cfg.get("length_in_schema"))}
+            "build_seconds": round(build_seconds, 3), "length_in_schema": cfg.length_in_schema}
     return {"generation_step": step, "generation_raw": raw, "generation_raw_uniform": uniform,
             "generation_sequential": sequential_,
             "generation_ratio": round(step["tokens_per_s"] / raw["tokens_per_s"], 3)}
@@ -361,7 +361,6 @@ def run(parts: list[str] | None = None, output: str | Path | None = None, n_prom
     from datetime import datetime
 
     from . import sovereign
-    from .profiles import load_profile
 
     if require_gpu:
         load_profile("h100").require_device()
@@ -398,160 +397,23 @@ def merge(base: dict, new: dict) -> dict:
     return merged
 
 
-GENERATION_MIN_RATIO = 0.9        # the generation step vs raw vLLM on the same prompts and lengths
-QLORA_MAX_GB = 9.0                 # peak memory of QLoRA 7B at 4 x 1024
-QLORA_MIN_TOKENS_PER_S = 3258      # the raw QLoRA loop of DESIGN §8 on an H100
+# --------------------------------------------------------------------------- command line
+def add_cli(sub, profile) -> None:
+    p = sub.add_parser("bench-gpu", help="7B-scale GPU measurements (random weights) -> docs/benchmarks.md")
+    p.add_argument("parts", nargs="*", help=f"{' '.join(PARTS)} (default: all)")
+    p.add_argument("--prompts", type=int, default=256)
+    p.add_argument("--output", default=None,
+                   help="results JSON (default docs/benchmarks-gpu.json, rendered to docs/benchmarks.md)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other parts of the results JSON and update only the parts run now")
+    p.set_defaults(func=cmd_bench_gpu)
 
 
-def generation_section(results: dict) -> list[str]:
-    """The generation step's verdict, what its gap to raw vLLM consists of, and the variants tried."""
-    step, raw = results["generation_step"], results["generation_raw"]
-    ratio = results["generation_ratio"]
-    lines = ["## Einordnung Generierung", "",
-             (f"Der Generierungs-Schritt (`generation.generate_unit`: Prompts bauen, JSON-Schema-Decoding mit "
-              f"xgrammar, jede Ausgabe mit pydantic prüfen) erreicht {ratio:.0%} des rohen vLLM-Durchsatzes "
-              f"auf denselben {step['requests']} Prompts mit denselben Output-Längen je Anfrage "
-              f"(Ziel ≥ {GENERATION_MIN_RATIO:.0%}: {'erreicht' if ratio >= GENERATION_MIN_RATIO else 'verfehlt'}). "
-              "Das Modell hat hier die 7B-Form, aber das Vokabular von Kurs-Mini (die Grammatik braucht Modell und "
-              "Tokenizer mit gleichem Vokabular) und echte Chunk-Prompts: Seine Tokens/s sind deshalb nicht mit den "
-              "Zeilen zu vLLM offline oben vergleichbar, nur untereinander."),
-             ""]
-    uniform = results.get("generation_raw_uniform")
-    if uniform and step.get("min_tokens") != step.get("max_tokens"):
-        tail = uniform["tokens_per_s"] / raw["tokens_per_s"]
-        lines.append(f"- Ungleiche Antwortlängen im Batch: Rohes vLLM mit der mittleren Länge für alle Anfragen ist "
-                     f"{tail:.2f}x so schnell wie mit den echten Längen ({step['min_tokens']}–{step['max_tokens']} "
-                     "Tokens) – so viel kostet der Rest eines Batches, der auf die längste Antwort wartet.")
-    seq = results.get("generation_sequential")
-    if seq:
-        lines.append(f"- Derselbe Schritt als Schleife über einzelne Anfragen: {seq['tokens_per_s']} Tokens/s, "
-                     f"der Batch ist {step['tokens_per_s'] / seq['tokens_per_s']:.0f}x schneller.")
-    if "build_seconds" in step:
-        lines.append(f"- Prompts und Sampling-Parameter bauen (Python, ohne GPU): {step['build_seconds']} s von "
-                     f"{step['seconds']} s des Schritts.")
-    lengths = (str(step.get("min_tokens")) if step.get("min_tokens") == step.get("max_tokens")
-               else f"{step.get('min_tokens')}–{step.get('max_tokens')}")
-    lines.append(f"- Ausgaben: {step.get('valid_records')} gültig, {step.get('rejects')} verworfen, {lengths} Tokens "
-                 "je Anfrage. Mit Zufallsgewichten schließt das Modell einen String nur, wenn die Grammatik es "
-                 "erzwingt (`maxLength`); ohne läuft jede Anfrage bis `max_tokens` und wird als `truncated` verworfen. "
-                 "Fair bleibt der Vergleich trotzdem: Rohes vLLM läuft mit denselben Längen je Anfrage.")
-    lines.append("")
-    variants = results.get("generation_variants") or []
-    if variants:
-        lines += ["Was wir am Schritt ausprobiert haben (je ein eigener Lauf, gleiche GPU, gleiche Prompts; "
-                  "„Verhältnis“ ist Schritt / rohes vLLM mit gleichen Längen auf derselben Engine):", "",
-                  "| Variante | Schritt Tokens/s | Roh Tokens/s | Verhältnis | Tokens je Anfrage |",
-                  "|---|---|---|---|---|"]
-        for v in variants:
-            lines.append(f"| {v['label']} | {v['step']} | {v['raw']} | {v['ratio']:.0%} | {v['tokens']} |")
-        lines.append("")
-        lines += [("Was das heißt: Der größte Posten war `maxLength` im Schema. Damit muss die Grammatik Zeichen über "
-                   "Tokens hinweg zählen, und die Token-Maske, die vLLM in jedem Decode-Schritt für jede Sequenz "
-                   "berechnet, wird ein Vielfaches teurer. Die Profile mit echten Modellen (`t4`, `l4`, `h100`) "
-                   "begrenzen die Länge deshalb über `qa_max_tokens` und die QC statt in der Grammatik "
-                   "(`dataset.length_in_schema: false`); nur die Kurs-Mini-Profile behalten `maxLength`, weil das "
-                   "winzige Modell sonst selten einen String schließt. Der Rest der Lücke ist der Structured-Output-"
-                   "Pfad von vLLM selbst (Maske und Token-Annahme je Sequenz und Schritt); `guidance` statt `xgrammar` "
-                   "und eine Engine in eigenem Prozess waren hier langsamer. Den vollen Rohdurchsatz gäbe es nur ohne Schema "
-                   "(nachträglich validieren, jede ungültige Ausgabe wird Reject) – das setzt der Kurs nicht um."), ""]
-    return lines
-
-
-def write_markdown(results: dict, path: str | Path | None = None, plot: bool = True) -> Path:
-    """Render the measurements as docs/benchmarks.md (+ a bar chart next to it)."""
-    path = Path(path or paths.ROOT / "docs" / "benchmarks.md")
-    env = results.get("environment", {})
-    measured = results.get("measured_at") or {}
-    lines = ["# Benchmarks (GPU, 7B-Form mit Zufallsgewichten)", "",
-             "Gemessen mit `make bench-gpu` (jeder Teil in einem eigenen Prozess auf derselben GPU); Modell: "
-             "Mistral-7B-Architektur, Gewichte zufällig "
-             f"(`load_format=\"dummy\"`), {results.get('prompts')} Prompts à {results.get('prompt_tokens')} Tokens, "
-             f"{results.get('output_tokens')} Output-Tokens pro Prompt (EOS ignoriert).", "",
-             "| Umgebung | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env.items()]
-    if measured:
-        lines.append("| gemessen | " + ", ".join(f"{k}: {v}" for k, v in measured.items()) + " |")
-    lines.append("")
-    rows = [("| Messung | Output-Tokens/s | Sekunden | Anmerkung |"), "|---|---|---|---|"]
-
-    def row(label, rec, note=""):
-        if rec and "tokens_per_s" in rec:
-            rows.append(f"| {label} | {rec['tokens_per_s']} | {rec['seconds']} | {note} |")
-
-    for mode in ("graphs", "eager"):
-        if mode in results:
-            r = results[mode]
-            row(f"vLLM offline, {results.get('prompts')} Prompts, {mode}", r["batch_256"], f"Engine-Start {r['startup_s']} s")
-            row(f"vLLM Batch 1, {mode}", r["batch_1"])
-    row("Sequentielle Schleife (16 Anfragen nacheinander)", results.get("sequential_16"))
-    if "generation_step" in results:
-        row("Generierungs-Schritt des Kurses (JSON-Schema, validiert)", results["generation_step"],
-            f"{results['generation_ratio']:.0%} des rohen vLLM-Durchsatzes")
-        row("Rohes vLLM, gleiche Prompts, gleiche Länge je Anfrage", results["generation_raw"])
-        row("Rohes vLLM, gleiche Prompts, alle mit mittlerer Länge", results.get("generation_raw_uniform"))
-        row("Generierungs-Schritt als Schleife (16 Anfragen nacheinander)", results.get("generation_sequential"))
-    for label in ("lora", "lora-tuned"):
-        if label in results:
-            r = results[label]
-            for k in ("0", "1", "4"):
-                row(f"{label}: {k} Adapter", r["runs"][k], f"Verhältnis zu 0: {r['runs'][k]['tokens_per_s'] / r['runs']['0']['tokens_per_s']:.2f}; Settings {r['settings']}")
-    lines += rows + [""]
-    lora_runs = [(k, results[k]) for k in ("lora", "lora-tuned") if k in results and "runs" in results[k]]
-    if lora_runs:
-        lines += ["## Einordnung LoRA", ""]
-        for k, r in lora_runs:
-            lines.append(f"- `{k}` ({r['settings']}): 1 Adapter {r['ratio_1']:.0%}, 4 Adapter gemischt "
-                         f"{r['ratio_4']:.0%} des Durchsatzes derselben Engine ohne Adapter "
-                         f"({'innerhalb' if r['ratio_4'] >= 0.9 else 'außerhalb'} der 10-%-Marke).")
-        lines += ["", "Was den Abstand schließt: `max_lora_rank` genau auf den Rang der Adapter setzen (hier 16) "
-                  "und `max_loras` auf die Zahl gleichzeitig aktiver Adapter (hier 4), damit alle Adapter im "
-                  "GPU-Slot bleiben und kein Austausch zwischen Batches nötig ist; ein Aufwärmlauf lädt sie vorab. "
-                  "Die Messung hat Rauschen von einigen Prozent zwischen Läufen.", ""]
-    if "generation_step" in results:
-        lines += generation_section(results)
-    if "qlora" in results and "peak_memory_gb" in results["qlora"]:
-        q = results["qlora"]
-        mem_ok, speed_ok = q["peak_memory_gb"] <= QLORA_MAX_GB, q["tokens_per_s"] >= QLORA_MIN_TOKENS_PER_S
-        lines += ["## QLoRA über den `train`-Schritt des Kurses", "",
-                  (f"Batch {q['batch']} Tokens, {q['steps']} Schritte, NF4 + Double Quant, LoRA r16 auf allen "
-                   "linearen Schichten, Gradient Checkpointing, paged AdamW 8-bit (Profil `h100`), "
-                   "Trainingsdaten: Gold-Fragen mit auf genau 1024 Tokens verlängertem Kontext."), "",
-                  "| Peak-Speicher (GB) | Tokens/s | Sekunden | Tokens pro Beispiel | trainierbare Parameter |",
-                  "|---|---|---|---|---|",
-                  (f"| {q['peak_memory_gb']} | {q['tokens_per_s']} | {q['seconds']} | "
-                   f"{q['train_tokens_per_example']} | {q['trainable_parameters']:,} |"), "",
-                  (f"- Speicher: {q['peak_memory_gb']} GB Peak (`torch.cuda.max_memory_allocated` während des "
-                   f"Trainings), Ziel ≤ {QLORA_MAX_GB} GB: {'erreicht' if mem_ok else 'verfehlt'}."),
-                  (f"- Durchsatz: {q['tokens_per_s']} Tokens/s, Ziel ≥ {QLORA_MIN_TOKENS_PER_S} Tokens/s (die rohe "
-                   f"Trainingsschleife aus DESIGN §8 auf einer H100): {'erreicht' if speed_ok else 'verfehlt'}."),
-                  ""]
-    missing = [name for name, key in (("generation", "generation_step"), ("qlora", "qlora")) if key not in results]
-    if missing:
-        lines += [f"Noch nicht auf der GPU gemessen: {', '.join(missing)} "
-                  f"(`python -m helpers bench-gpu {' '.join(missing)}`).", ""]
-    errors = {k: v for k, v in results.items() if isinstance(v, dict) and "error" in v}
-    if "error" in results:
-        lines += [f"Fehler: {results['error']}", ""]
-    for k, v in errors.items():
-        lines += [f"Fehler in {k}: {v['error']}", ""]
-    if plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        labels, values = [], []
-        for line in rows[2:]:
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            labels.append(cells[0])
-            values.append(float(cells[1]))
-        if labels:
-            fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.5))
-            ax.barh(labels[::-1], values[::-1], color="tab:blue")
-            ax.set_xscale("log")
-            ax.set_xlabel("Output-Tokens pro Sekunde (log)")
-            ax.set_title(env.get("gpu", "GPU"))
-            fig.tight_layout()
-            fig.savefig(path.with_suffix(".png"), dpi=100)
-            plt.close(fig)
-            lines += [f"![Durchsatz]({path.with_suffix('.png').name})", ""]
-    return io.write_text(path, "\n".join(lines))
+def cmd_bench_gpu(args) -> int:
+    unknown = [n for n in args.parts if n not in PARTS]
+    if unknown:
+        raise ValueError(f"Unknown bench-gpu part(s) {', '.join(unknown)}: choose from {', '.join(PARTS)}.")
+    output = args.output or RESULTS
+    results = run(args.parts or None, output, n_prompts=args.prompts, merge_into=output if args.merge else None)
+    print(write_markdown(results))
+    return 0

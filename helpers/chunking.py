@@ -18,8 +18,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import dataset, io
-from .profiles import Profile, load_profile
+from .profiles import Profile
+from .errors import HelpersError
 
+STAGE = "chunk"
 SEPARATORS = [
     re.compile(r"\n[ \t]*\n\s*"),                                  # paragraphs
     re.compile(r"\n"),                                             # lines
@@ -29,7 +31,7 @@ SEPARATORS = [
 HEADING_RE = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$", re.M)
 
 
-class ChunkingError(ValueError):
+class ChunkingError(HelpersError, ValueError):
     pass
 
 
@@ -40,11 +42,10 @@ def _tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def get_tokenizer(profile: Profile | str | None = None):
+def get_tokenizer(profile: Profile):
     """The tokenizer of the profile's model (Kurs-Mini on ``mini``)."""
     from . import models
 
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
     return _tokenizer(models.resolve(profile))
 
 
@@ -196,13 +197,12 @@ def chunk_documents(docs: list[dict], tokenizer, max_tokens: int = 256, overlap:
 
 
 def chunk_corpus(source: str | Path, output: str | Path, rejects_path: str | Path,
-                 profile: Profile | str | None = None, max_tokens: int | None = None,
+                 profile: Profile, max_tokens: int | None = None,
                  overlap: int | None = None, progress: bool = True) -> dict:
     """The ``chunk`` step: load (or read documents JSONL) → PII scrub → dedup → chunk → write files."""
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
-    cfg = dataset.settings(profile)
-    max_tokens = max_tokens or cfg["chunk_max_tokens"]
-    overlap = cfg["chunk_overlap"] if overlap is None else overlap
+    cfg = profile.dataset
+    max_tokens = max_tokens or cfg.chunk_max_tokens
+    overlap = cfg.chunk_overlap if overlap is None else overlap
     rejects: list[dict] = []
     source = Path(source)
     docs = dataset.prepare_documents(source, rejects, scrub=source.is_dir(), dedup=source.is_dir())
@@ -215,13 +215,13 @@ def chunk_corpus(source: str | Path, output: str | Path, rejects_path: str | Pat
             "max_tokens": max_tokens, "overlap": overlap}
 
 
-def ensure_chunks(profile: Profile | str | None = None, work_dir: str | Path | None = None) -> Path:
+def ensure_chunks(profile: Profile, work_dir: str | Path | None = None) -> Path:
     """``chunks.jsonl`` of this run: found, or created (documents first, then chunks)."""
     out = dataset.files(work_dir)
     if out.chunks.exists():
         return out.chunks
     docs_path = dataset.ensure_documents(profile, work_dir)
-    summary = chunk_corpus(docs_path, out.chunks, out.rejects("chunk"), profile, progress=False)
+    summary = chunk_corpus(docs_path, out.chunks, out.rejects(STAGE), profile, progress=False)
     if not summary["chunks"]:
         raise ChunkingError(f"No chunks from {docs_path}; see {out.rejects('chunk')}")
     print(f"{summary['chunks']} Chunks aus {summary['documents']} Dokumenten → {out.chunks}", file=sys.stderr)
@@ -248,3 +248,34 @@ def plot_token_histogram(chunks: list[dict], max_tokens: int | None = None):
     ax.set_ylabel("Anzahl Chunks")
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- command line
+def add_cli(sub, profile: Profile) -> None:
+    from .cliargs import profile_arg, progress_arg, rejects_arg
+
+    p = sub.add_parser("chunk", help="load, PII-scrub, dedup and chunk documents (token-aware, with overlap)")
+    p.add_argument("--input", required=True, help="corpus folder (or a documents JSONL from `pii`)")
+    p.add_argument("--output", required=True, help="chunks JSONL (id, doc_id, text, token_count, headings, ...)")
+    rejects_arg(p, STAGE, ": every file that yields no chunk, with reason")
+    p.add_argument("--max-tokens", type=int, default=profile.dataset.chunk_max_tokens,
+                   help="tokens per chunk (default: the profile's dataset.chunk_max_tokens, %(default)s)")
+    p.add_argument("--overlap", type=int, default=profile.dataset.chunk_overlap,
+                   help="overlap tokens (default: the profile's dataset.chunk_overlap, %(default)s)")
+    profile_arg(p, profile)
+    progress_arg(p)
+    p.set_defaults(func=cmd_chunk)
+
+
+def cmd_chunk(args) -> int:
+    rejects = args.rejects or dataset.rejects_file(args.output, STAGE)
+    summary = chunk_corpus(args.input, args.output, rejects, args.profile, args.max_tokens, args.overlap,
+                           progress=not args.no_progress)
+    if not summary["chunks"]:
+        print(f"error: no chunk was written: {summary['documents']} usable documents, {summary['rejects']} "
+              f"rejected files (reasons in {rejects}). Check the input folder {args.input}.", file=sys.stderr)
+        return 1
+    print(f"{summary['chunks']} chunks from {summary['documents']} documents -> {args.output} (max "
+          f"{summary['max_token_count']} of {summary['max_tokens']} tokens, overlap {summary['overlap']}); "
+          f"{summary['rejects']} rejects -> {rejects}")
+    return 0

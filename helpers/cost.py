@@ -1,7 +1,7 @@
 """Business case for self-hosting: API price per million tokens vs GPU-hour cost and throughput.
 
 All prices are inputs (the notebook's sliders); the throughput defaults are the course's own measurements
-(see docs/benchmarks.md and DESIGN §8), never vendor claims.
+(see docs/benchmarks.md), never vendor claims.
 """
 
 from __future__ import annotations

@@ -17,12 +17,13 @@ import yaml
 
 from . import io, paths, sovereign
 from .profiles import Profile, load_profile
+from .errors import HelpersError
 
 NOTEBOOK_DIR = paths.ROOT / "notebooks"
 EXPECTATIONS_FILE = Path(__file__).with_name("expectations.yaml")
 
 
-class CourseError(RuntimeError):
+class CourseError(HelpersError, RuntimeError):
     pass
 
 
@@ -243,3 +244,32 @@ def write_report(run_dir: str | Path) -> Path:
             lines.append(f"| {key} | {shown} |")
         lines.append("")
     return io.write_text(run_dir / "report.md", "\n".join(lines))
+
+
+# --------------------------------------------------------------------------- command line
+def add_cli(sub, profile: Profile) -> None:
+    from .cliargs import profile_arg, progress_arg
+
+    p = sub.add_parser("course", help="run the notebooks with papermill and write the report")
+    p.add_argument("action", choices=["run", "list", "report"])
+    profile_arg(p, profile)
+    p.add_argument("--only", nargs="+", default=None, help="notebook ids, e.g. 02 05.1")
+    p.add_argument("--from", dest="start", default=None, help="resume from this notebook id")
+    p.add_argument("--run-dir", default=None, help="run folder (default runs/<timestamp>)")
+    progress_arg(p)
+    p.set_defaults(func=cmd_course)
+
+
+def cmd_course(args) -> int:
+    if args.action == "list":
+        for book in list_notebooks():
+            print(f"{notebook_id(book):>5}  {book.name}")
+        return 0
+    if args.action == "report":
+        print(write_report(args.run_dir or latest_run_dir()))
+        return 0
+    # papermill passes the profile on by name: each notebook resolves it again at its own edge
+    run_dir = run_course(profile=args.profile.name, only=args.only, start=args.start, run_dir=args.run_dir,
+                         progress=not args.no_progress)
+    print(f"Course run complete: {run_dir}\nReport: {run_dir / 'report.md'}")
+    return 0

@@ -13,30 +13,25 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import inference, models, prompts, training
-from .profiles import Profile, load_profile
+from .adapters import lora_request
+from .labels import IGNORE_INDEX, encode_each, load_tokenizer, make_collator
+from .profiles import Profile
 
 EOS_MIN_SHARE = 0.9   # below this share of examples with EOS in the labels the setup is flagged
 
 
-def inspect_setup(profile: Profile | str, records: list[dict], pad_as_eos: bool = False,
+def inspect_setup(profile: Profile, records: list[dict], pad_as_eos: bool = False,
                   collator: str = "completion", batch_size: int | None = None,
                   max_length: int | None = None) -> dict[str, Any]:
     """Encode and collate ``records`` as training would and measure what reaches the labels."""
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
     model_dir = models.resolve(profile, "train_model")
-    tok = training.load_tokenizer(model_dir, pad_as_eos=pad_as_eos)
-    max_length = max_length or profile.train["max_length"]
-    batch_size = batch_size or profile.train["batch_size"]
+    tok = load_tokenizer(model_dir, pad_as_eos=pad_as_eos)
+    max_length = max_length or profile.train.max_length
+    batch_size = batch_size or profile.train.batch_size
     sample_text = tok.apply_chat_template(prompts.qa_messages("F?", "K.", "A."), tokenize=False)
-    too_long, encoded = [], []
-    for rec in records:
-        try:
-            encoded.append(training.encode(tok, rec, max_length))
-        except training.TemplateError:
-            raise
-        except ValueError as exc:
-            too_long.append({"id": rec.get("id"), "reason": getattr(exc, "reason", str(exc))})
-    collate = training.make_collator(tok, collator)
+    encoded, rejected = encode_each(tok, records, max_length)
+    too_long = [{"id": rec.get("id"), "reason": reason} for rec, reason in rejected]
+    collate = make_collator(tok, collator)
     eos, examples_with_eos, label_positions, masked, answer_positions, answer_labelled = tok.eos_token_id, 0, 0, 0, 0, 0
     first = None
     for start in range(0, len(encoded), batch_size):
@@ -47,10 +42,10 @@ def inspect_setup(profile: Profile | str, records: list[dict], pad_as_eos: bool 
             labels = batch["labels"][row][:n].tolist()
             examples_with_eos += eos in labels
             label_positions += n
-            masked += sum(1 for x in labels if x == training.IGNORE_INDEX)
+            masked += sum(1 for x in labels if x == IGNORE_INDEX)
             answer_start = n - feat["answer_tokens"]
             answer_positions += feat["answer_tokens"]
-            answer_labelled += sum(1 for x in labels[answer_start:] if x != training.IGNORE_INDEX)
+            answer_labelled += sum(1 for x in labels[answer_start:] if x != IGNORE_INDEX)
             if first is None:
                 first = {"tokens": [tok.decode([i]) for i in feat["input_ids"][-8:]],
                          "labels": labels[-8:]}
@@ -119,17 +114,16 @@ def eval_prompts(llm, records: Sequence[dict]) -> list[str]:
     return inference.chat_prompts(llm, [prompts.qa_messages(r["question"], r.get("context")) for r in records])
 
 
-def stop_rates(profile: Profile | str, records: Sequence[dict], adapters: dict[str, str | Path | None],
+def stop_rates(profile: Profile, records: Sequence[dict], adapters: dict[str, str | Path | None],
                n: int | None = None, progress: bool = False) -> dict[str, dict]:
     """Greedy generation on ``n`` eval prompts for the base model (``None``) and each adapter in one vLLM engine.
 
     Returns ``{name: {"summary": inference.summarize(...), "results": [Generation, ...]}}``.
     """
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
     from . import gold
 
     records = gold.sample(list(records), n) if n else list(records)
-    requests = {name: (training.lora_request(name, path, profile, lora_id=i + 1) if path else None)
+    requests = {name: (lora_request(name, path, profile, lora_id=i + 1) if path else None)
                 for i, (name, path) in enumerate(adapters.items())}
     llm = inference.make_llm(profile, enable_lora=any(r is not None for r in requests.values()))
     try:
@@ -167,3 +161,42 @@ def plot_stop_rates(rates: dict[str, dict], title: str = "Stop-Rate auf den Eval
     ax2.set_title("Antwortlänge")
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- command line
+def add_cli(sub, profile: Profile) -> None:
+    import argparse
+
+    from .cliargs import profile_arg
+    from .labels import COLLATORS
+
+    p = sub.add_parser("diagnose", help="check that EOS reaches the labels (exit 1 if not); optional stop-rate probe")
+    profile_arg(p, profile)
+    p.add_argument("--data", required=True, help="QA JSONL to encode and collate as training would")
+    p.add_argument("--pad-as-eos", action="store_true", help="set pad_token = eos_token")
+    p.add_argument("--collator", choices=COLLATORS, default="completion")
+    p.add_argument("--max-length", type=int, default=profile.train.max_length,
+                   help="tokens per example (default: the profile's train.max_length, %(default)s)")
+    p.add_argument("--probe", type=int, default=0, metavar="N", help="measure the stop rate on N prompts with vLLM")
+    p.add_argument("--adapter", default=None, help="adapter directory for the probe (default: base model)")
+    p.add_argument("--adapter-name", default="probe", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="also print the report as JSON")
+    p.set_defaults(func=cmd_diagnose)
+
+
+def cmd_diagnose(args) -> int:
+    import json
+
+    records = training.load_records(args.data)
+    report = inspect_setup(args.profile, records, pad_as_eos=args.pad_as_eos, collator=args.collator,
+                           max_length=args.max_length)
+    print(format_report(report))
+    if args.probe:
+        rates = stop_rates(args.profile, records, {args.adapter_name: args.adapter}, n=args.probe)
+        summary = rates[args.adapter_name]["summary"]
+        report["probe"] = summary
+        print(f"stop-rate probe ({args.adapter or 'base model'}): {summary['stop_rate']:.0%} of {summary['prompts']} "
+              f"prompts ended with EOS, mean {summary['mean_output_tokens']:.1f} output tokens")
+    if args.json:
+        print(json.dumps(dict(report), ensure_ascii=False, default=str))
+    return 0 if report["ok"] else 1

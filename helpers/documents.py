@@ -11,6 +11,7 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
+from .errors import HelpersError
 
 FORMATS = {".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html", ".pdf": "pdf",
            ".txt": "text", ".text": "text"}
@@ -18,7 +19,7 @@ BOILERPLATE_TAGS = ("nav", "header", "footer", "aside", "script", "style", "nosc
 BOILERPLATE_MARKERS = ("nav", "menu", "footer", "sidebar", "breadcrumb", "cookie", "banner", "toolbar")
 
 
-class DocumentError(ValueError):
+class DocumentError(HelpersError, ValueError):
     """A file that yields no usable text; ``reason`` is short and machine-friendly."""
 
     def __init__(self, reason: str, detail: str = ""):

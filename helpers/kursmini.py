@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import documents, io, paths
+from .errors import HelpersError
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
 
@@ -55,7 +56,7 @@ class BuildConfig:
         return self.hidden_size // self.num_heads
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(HelpersError, FileNotFoundError):
     pass
 
 

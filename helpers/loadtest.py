@@ -22,13 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
+from .errors import HelpersError
 
 MAX_REQUESTS = 2000
 MAX_CONCURRENCY = 256
 PERCENTILES = (50, 90, 95, 99)
 
 
-class LoadTestError(ValueError):
+class LoadTestError(HelpersError, ValueError):
     pass
 
 
@@ -91,7 +92,7 @@ def run(server, conversations: Sequence[list[dict]], models: Sequence[str] | Non
         raise LoadTestError("no conversations to send")
     models = list(models or [server.served_model_name])
     check_models(server, models)
-    max_tokens = max_tokens or server.profile.generation["max_tokens"]
+    max_tokens = max_tokens or server.profile.generation.max_tokens
     client = server.client(timeout=timeout, max_retries=0)
     jobs = [(models[i % len(models)], conversations[i % len(conversations)]) for i in range(n_requests)]
     records: list[dict] = [None] * n_requests  # type: ignore[list-item]

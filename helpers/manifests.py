@@ -16,6 +16,12 @@ from . import paths
 
 MANIFEST_DIR = paths.ROOT / "manifests"
 K8S_VERSION = "1.31"
+# The profile each deploy target mirrors: `helpers serve --profile <p>` and the target's Deployment must start
+# the same engine (checked by tests/test_manifests.py through profile_mismatches).
+PROFILE_OF = {"base": "l4", "l4": "l4", "t4": "t4", "lora": "l4"}
+# vLLM flags that come from the profile; the model path, names, host, port and adapter list do not.
+PROFILE_FLAGS = ("dtype", "max-model-len", "max-num-seqs", "gpu-memory-utilization", "quantization",
+                 "enforce-eager", "enable-lora", "max-lora-rank", "max-loras")
 CRD_KINDS = {"ServiceMonitor", "Workflow", "WorkflowTemplate", "PodMonitor", "PrometheusRule"}
 
 
@@ -130,3 +136,47 @@ def summary(target: str = "base"):
             row["args"] = " ".join(a for a in cs[0].get("args", []) if a.startswith(("--model", "--dtype", "--max-model", "--quant")))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- manifests vs. profiles
+def flag_values(args: list[str]) -> dict[str, str | bool]:
+    """``["--a=1", "--b", "2", "--c"]`` -> ``{"a": "1", "b": "2", "c": True}`` (both spellings of vLLM flags)."""
+    out: dict[str, str | bool] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            if eq:
+                out[name] = value
+            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                out[name] = args[i + 1]
+                i += 1
+            else:
+                out[name] = True
+        i += 1
+    return out
+
+
+def _same(a: str | bool | None, b: str | bool | None) -> bool:
+    try:
+        return float(a) == float(b)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return a == b
+
+
+def profile_mismatches(docs: list[dict], profile) -> list[str]:
+    """Where the Deployment's vLLM flags differ from ``serve.engine_flags(profile)`` (model path excepted)."""
+    from .serve import engine_flags
+
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    deployed = flag_values(dep["spec"]["template"]["spec"]["containers"][0].get("args", []))
+    expected = flag_values(engine_flags(profile, enable_lora=bool(deployed.get("enable-lora"))))
+    return [f"--{flag}: deployed {deployed.get(flag)!r}, profile '{profile.name}' gives {expected.get(flag)!r}"
+            for flag in PROFILE_FLAGS if not _same(deployed.get(flag), expected.get(flag))]
+
+
+def deployment_args(target: str = "lora") -> list[str]:
+    """The vLLM container arguments a manifest target deploys (for the notebook)."""
+    dep = next(d for d in render(target) if d["kind"] == "Deployment")
+    return list(dep["spec"]["template"]["spec"]["containers"][0]["args"])

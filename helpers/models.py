@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .profiles import Profile, load_profile
+from .profiles import Profile
+from .errors import HelpersError
 
 
-class ModelNotAvailable(FileNotFoundError):
+class ModelNotAvailable(HelpersError, FileNotFoundError):
     pass
 
 
-def resolve(profile: Profile | str | None = None, which: str = "model") -> str:
+def resolve(profile: Profile, which: str = "model") -> str:
     """Return a local path (or a cached HF id) for the profile's serving or training model."""
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
     name = getattr(profile, which)
     if name == "kurs-mini":
         from . import kursmini
@@ -35,3 +35,41 @@ def resolve(profile: Profile | str | None = None, which: str = "model") -> str:
                 "local directory."
             ) from exc
     return name
+
+
+# --------------------------------------------------------------------------- command line
+def add_cli(sub, profile: Profile) -> None:
+    from . import kursmini
+    from .cliargs import profile_arg
+
+    p = sub.add_parser("model", help="build or locate the profile's model (Kurs-Mini on CPU)")
+    p.add_argument("action", choices=["build", "path", "info"])
+    profile_arg(p, profile)
+    p.add_argument("--corpus", default=None, help="corpus directory (default data/corpus)")
+    p.add_argument("--output", default=None, help="model directory (default models/kurs-mini)")
+    p.add_argument("--steps", type=int, default=kursmini.BuildConfig.steps, help="pretraining steps (default %(default)s)")
+    p.set_defaults(func=cmd_model)
+
+
+def cmd_model(args) -> int:
+    import json
+    import sys
+
+    from . import kursmini
+
+    if args.action == "build":
+        path = kursmini.build(out_dir=args.output, corpus=args.corpus, config=kursmini.BuildConfig(steps=args.steps))
+        info = kursmini.build_info(path)
+        print(f"Kurs-Mini built in {path}: {info['parameters']:,} parameters, {info['documents']} documents, "
+              f"{info['corpus_tokens']:,} tokens, loss {info['loss_first']:.2f} -> {info['loss_last']:.2f}, "
+              f"{info['seconds']:.0f} s")
+    elif args.action == "path":
+        print(resolve(args.profile))
+    elif args.action == "info":
+        info = kursmini.build_info()
+        if info is None:
+            print("Kurs-Mini is not built yet: run `python -m helpers model build`.", file=sys.stderr)
+            return 1
+        info.pop("losses", None)
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+    return 0

@@ -122,3 +122,16 @@ def render_all(src_root: str | Path | None = None, corpus_root: str | Path | Non
         rel = src.relative_to(src_root).with_suffix(".pdf")
         out.append(render(src, corpus_root / rel))
     return out
+
+
+# --------------------------------------------------------------------------- command line
+def add_cli(sub, profile) -> None:
+    p = sub.add_parser("data", help="render the corpus PDFs from data/corpus_src")
+    p.add_argument("action", choices=["pdfs"])
+    p.set_defaults(func=cmd_data)
+
+
+def cmd_data(args) -> int:
+    for path in render_all():
+        print(path)
+    return 0

@@ -1,7 +1,15 @@
-"""Hardware profiles: one YAML file, loaded by one function."""
+"""Hardware profiles: one YAML file, loaded once at the edge into one typed, frozen ``Profile``.
+
+The edge is the command line (``--profile``, default ``COURSE_PROFILE`` or ``mini``), the notebook's papermill
+parameter ``profile`` and the course runner. Everything below it takes the ``Profile`` object. Each block of a
+profile is a dataclass here, with every default stated once; a key that no block knows fails loudly, naming the
+profile, the key and the nearest valid name.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -10,14 +18,108 @@ from typing import Any
 
 import yaml
 
+from .errors import HelpersError
+
 PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 DEFAULT_PROFILE = "mini"
-REQUIRED_KEYS = ("description", "device", "model", "train_model", "dtype", "vllm", "generation", "lora",
-                 "train", "samples", "server")
 
 
-class ProfileError(ValueError):
+class ProfileError(HelpersError, ValueError):
     """A profile is unknown, malformed, or cannot run on this machine."""
+
+
+# ---------------------------------------------------------------------------- the blocks
+@dataclass(frozen=True)
+class VLLMSettings:
+    """Engine settings, for ``vllm.LLM`` and for ``vllm serve`` alike (see ``inference.engine_kwargs``)."""
+    max_model_len: int
+    enforce_eager: bool = False
+    max_num_seqs: int = 256
+    gpu_memory_utilization: float | None = None   # None: vLLM's default (0.9)
+    quantization: str | None = None
+    max_lora_rank: int = 16                        # the largest adapter rank the engine accepts
+    max_loras: int = 1                             # adapters in one batch
+    kv_cache_gb: int = 1                           # CPU only: VLLM_CPU_KVCACHE_SPACE
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_tokens: int
+    temperature: float = 0.0
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything ``training.train`` reads; nothing is set anywhere else."""
+    max_steps: int
+    batch_size: int
+    learning_rate: float
+    max_length: int
+    grad_accum: int = 1
+    quantize_4bit: bool = True
+    gradient_checkpointing: bool = False
+    optimizer: str = "adamw_torch"
+    seed: int = 0
+    scheduler: str = "cosine"
+    warmup_steps: int | None = None    # None: 5 % of max_steps (at least 1)
+    logging_steps: int = 10
+    save_steps: int | None = None      # None: every third of the run (with the eval)
+    threads: int | None = None         # CPU only: torch threads (None: torch's default)
+
+    @property
+    def warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else max(1, self.max_steps // 20)
+
+    @property
+    def eval_every(self) -> int:
+        return max(1, self.max_steps // 3)
+
+    @property
+    def save_every(self) -> int:
+        return self.save_steps if self.save_steps is not None else self.eval_every
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    demo_prompts: int = 8
+    eval_prompts: int = 40
+    serve_requests: int = 8
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    startup_timeout_s: float = 300
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """The dataset pipeline (notebooks 04, 07, 07.1)."""
+    chunk_max_tokens: int = 256     # tokens of the profile's tokenizer per chunk
+    chunk_overlap: int = 32         # tokens repeated from the previous chunk
+    chunk_min_tokens: int = 40      # chunks shorter than this are not used for QA generation
+    generate_chunks: int | None = 16  # chunks the notebooks generate QA pairs for (None: all)
+    unit_chunks: int = 16           # chunks per generation work unit (commit, resume and shard granularity)
+    qa_max_tokens: int = 128        # output tokens per generated QA pair (JSON)
+    question_max_chars: int = 160
+    answer_max_chars: int = 320
+    length_in_schema: bool = False  # maxLength inside the decoding grammar (see generation.schema)
+    bench_prompts: int = 64         # prompts of the batching benchmark / notebook 07.1
+    bench_sequential: int = 8       # of those, how many the slow per-request loop runs
+    bench_max_tokens: int = 64      # output tokens per request in the throughput comparison
+
+
+BLOCKS: dict[str, type] = {"vllm": VLLMSettings, "generation": GenerationSettings, "lora": LoraSettings,
+                           "train": TrainSettings, "samples": SampleSettings, "server": ServerSettings,
+                           "dataset": DatasetSettings}
 
 
 @dataclass(frozen=True)
@@ -28,14 +130,18 @@ class Profile:
     model: str
     train_model: str
     dtype: str
-    train_dtype: str
-    vllm: dict[str, Any]
-    generation: dict[str, Any]
-    lora: dict[str, Any]
-    train: dict[str, Any]
-    samples: dict[str, Any]
-    server: dict[str, Any]
-    extra: dict[str, Any] = field(default_factory=dict)
+    vllm: VLLMSettings
+    generation: GenerationSettings
+    train: TrainSettings
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    samples: SampleSettings = field(default_factory=SampleSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    train_dtype: str | None = None     # None: the same as dtype
+
+    def __post_init__(self):
+        if self.train_dtype is None:
+            object.__setattr__(self, "train_dtype", self.dtype)
 
     @property
     def uses_kurs_mini(self) -> bool:
@@ -66,6 +172,7 @@ class Profile:
             )
 
 
+# ---------------------------------------------------------------------------- loading
 @lru_cache(maxsize=1)
 def _raw_profiles() -> dict[str, dict]:
     with open(PROFILES_FILE, encoding="utf-8") as fh:
@@ -76,18 +183,49 @@ def profile_names() -> list[str]:
     return list(_raw_profiles())
 
 
+def default_name() -> str:
+    """The profile the edge uses when none is named: ``COURSE_PROFILE``, else ``mini``."""
+    return os.environ.get("COURSE_PROFILE") or DEFAULT_PROFILE
+
+
+def _fields(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _build(cls, data: Any, profile: str, where: str):
+    """``cls(**data)``, refusing keys the class does not know and naming the nearest valid one."""
+    if not isinstance(data, dict):
+        raise ProfileError(f"Profile '{profile}' in {PROFILES_FILE.name}: `{where}` must be a mapping, "
+                           f"got {data!r}.")
+    valid = _fields(cls)
+    for key in data:
+        if key not in valid:
+            near = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"did you mean `{near[0]}`?" if near else f"valid keys: {', '.join(valid)}"
+            raise ProfileError(f"Profile '{profile}' in {PROFILES_FILE.name}: unknown key `{where}{key}` ({hint})")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ProfileError(f"Profile '{profile}' in {PROFILES_FILE.name} lacks the keys: "
+                           + ", ".join(f"{where}{k}" for k in missing))
+    return cls(**data)
+
+
+def from_dict(name: str, data: dict) -> Profile:
+    """Build a typed ``Profile`` from one YAML block (strict: unknown keys fail)."""
+    data = dict(data)
+    for block, cls in BLOCKS.items():
+        if block in data:
+            data[block] = _build(cls, data[block] or {}, name, f"{block}.")
+    return _build(Profile, {"name": name, **data}, name, "")
+
+
 def load_profile(name: str | None = None) -> Profile:
-    """Load a profile by name (default: ``COURSE_PROFILE`` or ``mini``)."""
-    name = name or os.environ.get("COURSE_PROFILE") or DEFAULT_PROFILE
+    """Load a profile by name (default: ``COURSE_PROFILE`` or ``mini``). Call it once, at the edge."""
+    name = name or default_name()
     raw = _raw_profiles()
     if name not in raw:
-        raise ProfileError(f"Unknown profile '{name}'. Choose one of: {', '.join(raw)} "
-                           f"(defined in {PROFILES_FILE}).")
-    data = dict(raw[name])
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise ProfileError(f"Profile '{name}' in {PROFILES_FILE} lacks the keys: {', '.join(missing)}")
-    data.setdefault("train_dtype", data["dtype"])
-    known = {f for f in Profile.__dataclass_fields__} - {"name", "extra"}
-    extra = {k: v for k, v in data.items() if k not in known}
-    return Profile(name=name, extra=extra, **{k: v for k, v in data.items() if k in known})
+        near = difflib.get_close_matches(name, list(raw), n=1)
+        raise ProfileError(f"Unknown profile '{name}'" + (f" (did you mean '{near[0]}'?)" if near else "")
+                           + f". Choose one of: {', '.join(raw)} (defined in {PROFILES_FILE}).")
+    return from_dict(name, raw[name])

@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import dataset, io, pii, prompts
+from .profiles import DatasetSettings, Profile
 
 STAGE = "qc"
 QA_FIELDS = ("id", "chunk_id", "doc_id", "context", "question", "answer", "type", "source")
@@ -90,14 +91,14 @@ def scrub_record(rec: dict) -> dict:
     return out
 
 
-def check(rec: dict, cfg: dict | None = None) -> list[str]:
+def check(rec: dict, cfg: DatasetSettings | None = None) -> list[str]:
     """All failed checks of one QA record (empty: the record passes, near-duplicates aside)."""
-    cfg = cfg or dataset.DEFAULTS
+    cfg = cfg or DatasetSettings()
     q, a, ctx = rec.get("question", "") or "", rec.get("answer", "") or "", rec.get("context", "") or ""
     reasons = []
     if rec.get("type") not in ("factual", "conceptual", "comparison", "unanswerable"):
         reasons.append("unknown_type")
-    if not 15 <= len(q) <= cfg["question_max_chars"]:
+    if not 15 <= len(q) <= cfg.question_max_chars:
         reasons.append("question_length")
     if not q.rstrip().endswith("?"):
         reasons.append("question_form")
@@ -114,7 +115,7 @@ def check(rec: dict, cfg: dict | None = None) -> list[str]:
         return reasons
     if prompts.REFUSAL in a:
         reasons.append("refusal_form")
-    if not 2 <= len(a) <= cfg["answer_max_chars"]:
+    if not 2 <= len(a) <= cfg.answer_max_chars:
         reasons.append("answer_length")
     nctx = _norm(ctx)
     flat_ctx = nctx.replace(" ", "")
@@ -127,7 +128,7 @@ def check(rec: dict, cfg: dict | None = None) -> list[str]:
     return reasons
 
 
-def run_qc(records: list[dict], cfg: dict | None = None, near_duplicate: float = 0.8) -> tuple[list[dict], list[dict]]:
+def run_qc(records: list[dict], cfg: DatasetSettings | None = None, near_duplicate: float = 0.8) -> tuple[list[dict], list[dict]]:
     """Split records into accepted (QA schema fields) and rejects (record + ``stage, reason, reasons``)."""
     accepted, rejects, seen = [], [], []
     for rec in records:
@@ -148,9 +149,9 @@ def run_qc(records: list[dict], cfg: dict | None = None, near_duplicate: float =
     return accepted, rejects
 
 
-def qc_file(input_path: str | Path, output: str | Path, rejects_path: str | Path, profile=None) -> dict:
+def qc_file(input_path: str | Path, output: str | Path, rejects_path: str | Path, profile: Profile) -> dict:
     """The ``qc`` step on files; returns counts per reason."""
-    cfg = dataset.settings(profile)
+    cfg = profile.dataset
     records = io.read_jsonl(input_path)
     accepted, rejects = run_qc(records, cfg)
     io.write_jsonl(output, accepted)
@@ -159,7 +160,7 @@ def qc_file(input_path: str | Path, output: str | Path, rejects_path: str | Path
             "reasons": dict(Counter(r["reason"] for r in rejects))}
 
 
-def ensure_accepted(profile=None, work_dir: str | Path | None = None, llm=None) -> Path:
+def ensure_accepted(profile: Profile, work_dir: str | Path | None = None, llm=None) -> Path:
     """``qa_accepted.jsonl`` of this run: found, or built (chunks → generation → QC)."""
     from . import generation
 
@@ -194,3 +195,23 @@ def plot_reasons(rejects: list[dict], title: str = "QC: Ablehnungsgründe"):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- command line
+def add_cli(sub, profile: Profile) -> None:
+    from .cliargs import profile_arg, rejects_arg
+
+    p = sub.add_parser("qc", help="filter QA pairs: grounding, length, language, duplicates, refusal form")
+    p.add_argument("--input", required=True, help="QA JSONL (e.g. from `generate` or `merge`)")
+    p.add_argument("--output", required=True, help="accepted QA JSONL")
+    rejects_arg(p, STAGE, " (rejected pairs with reason(s))")
+    profile_arg(p, profile)
+    p.set_defaults(func=cmd_qc)
+
+
+def cmd_qc(args) -> int:
+    rejects = args.rejects or dataset.rejects_file(args.output, STAGE)
+    summary = qc_file(args.input, args.output, rejects, args.profile)
+    print(f"QC: {summary['accepted']} of {summary['input']} accepted -> {args.output}; rejected by reason: "
+          + (", ".join(f"{k} {v}" for k, v in sorted(summary["reasons"].items())) or "none"))
+    return 0

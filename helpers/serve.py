@@ -19,14 +19,16 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from . import gpumem, inference, paths, sovereign
-from .profiles import Profile, load_profile
+from .profiles import Profile
+from .errors import HelpersError
 
 _RUNNING: list["LoopbackServer"] = []
 
 
-class ServerError(RuntimeError):
+class ServerError(HelpersError, RuntimeError):
     pass
 
 
@@ -59,18 +61,21 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-def parse_adapters(specs: list[str] | None) -> dict[str, str]:
-    """Turn ``NAME=DIR`` strings into a dict, checking that each directory holds a LoRA adapter."""
-    adapters = {}
-    for spec in specs or []:
-        if "=" not in spec:
-            raise ValueError(f"Adapter '{spec}' must be given as NAME=DIR")
-        name, directory = spec.split("=", 1)
-        if not (Path(directory) / "adapter_config.json").exists():
-            raise FileNotFoundError(f"Adapter '{name}': {directory} has no adapter_config.json "
-                                    "(train one with `python -m helpers train`).")
-        adapters[name] = directory
-    return adapters
+def engine_flags(profile: Profile, enable_lora: bool = False) -> list[str]:
+    """The profile's engine settings as ``vllm serve`` flags: what ``helpers serve`` passes, and what the
+    Kubernetes manifests must deploy for the profile they mirror (``manifests.profile_mismatches``)."""
+    kw = inference.engine_kwargs(profile, model="-", enable_lora=enable_lora)
+    flags = ["--dtype", kw["dtype"], "--max-model-len", str(kw["max_model_len"]),
+             "--max-num-seqs", str(kw["max_num_seqs"]), "--seed", str(kw["seed"])]
+    if kw.get("enforce_eager"):
+        flags.append("--enforce-eager")
+    if kw.get("gpu_memory_utilization"):
+        flags += ["--gpu-memory-utilization", str(kw["gpu_memory_utilization"])]
+    if kw.get("quantization"):
+        flags += ["--quantization", kw["quantization"]]
+    if enable_lora:
+        flags += ["--enable-lora", "--max-lora-rank", str(kw["max_lora_rank"]), "--max-loras", str(kw["max_loras"])]
+    return flags
 
 
 class LoopbackServer:
@@ -183,11 +188,11 @@ class VLLMServer(LoopbackServer):
 
     name = "vllm-server"
 
-    def __init__(self, profile: Profile | str | None = None, port: int | None = None,
+    def __init__(self, profile: Profile, port: int | None = None,
                  adapters: dict[str, str] | None = None, host: str = "127.0.0.1",
                  served_model_name: str | None = None, log_path: str | Path | None = None,
                  extra_args: list[str] | None = None):
-        self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
+        self.profile = profile
         super().__init__(host, port, log_path)
         self.adapters = dict(adapters or {})
         self.served_model_name = served_model_name or (
@@ -204,22 +209,13 @@ class VLLMServer(LoopbackServer):
         return "\n\n" + gpumem.inference_advice(self.profile)
 
     def command(self) -> list[str]:
-        kw = inference.engine_kwargs(self.profile, enable_lora=bool(self.adapters))
+        model = inference.model_dir(self.profile)
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-               "--model", kw["model"], "--served-model-name", self.served_model_name,
-               "--host", self.host, "--port", str(self.port), "--dtype", kw["dtype"],
-               "--max-model-len", str(kw["max_model_len"]), "--max-num-seqs", str(kw["max_num_seqs"]),
-               "--seed", str(kw["seed"])]
-        if kw.get("enforce_eager"):
-            cmd.append("--enforce-eager")
-        if kw.get("gpu_memory_utilization"):
-            cmd += ["--gpu-memory-utilization", str(kw["gpu_memory_utilization"])]
-        if kw.get("quantization"):
-            cmd += ["--quantization", kw["quantization"]]
+               "--model", model, "--served-model-name", self.served_model_name,
+               "--host", self.host, "--port", str(self.port)]
+        cmd += engine_flags(self.profile, enable_lora=bool(self.adapters))
         if self.adapters:
-            cmd += ["--enable-lora", "--max-lora-rank", str(kw["max_lora_rank"]),
-                    "--max-loras", str(kw["max_loras"]), "--lora-modules"]
-            cmd += [f"{name}={path}" for name, path in self.adapters.items()]
+            cmd += ["--lora-modules"] + [f"{name}={path}" for name, path in self.adapters.items()]
         return cmd + self.extra_args
 
     def environment(self) -> dict[str, str]:
@@ -230,7 +226,7 @@ class VLLMServer(LoopbackServer):
         return env
 
     def default_timeout(self) -> float:
-        return self.profile.server.get("startup_timeout_s", 300)
+        return self.profile.server.startup_timeout_s
 
     def client(self, timeout: float = 120, max_retries: int = 2):
         from openai import OpenAI
@@ -241,6 +237,22 @@ class VLLMServer(LoopbackServer):
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
             return resp.read().decode("utf-8")
+
+
+def lora_server(profile: Profile, adapters: dict[str, str | Path], port: int | None = None,
+                **kwargs: Any):
+    """A VLLMServer (not started) serving ``adapters`` by name, after the same checks as offline.
+
+    Where base requests would leak (CPU, see base_requests_leak), the identity adapter is served as
+    "base" too: ask for model "base" to get correct base-model answers.
+    """
+    from . import adapters as lora
+
+    lora.check_all(adapters, profile)
+    served = {k: str(v) for k, v in adapters.items()}
+    if lora.needs_base_adapter(profile):
+        served[lora.BASE] = str(lora.base_adapter(inference.model_dir(profile)))
+    return VLLMServer(profile, port=port, adapters=served, **kwargs)
 
 
 @atexit.register
@@ -275,8 +287,8 @@ def ask(server: VLLMServer, messages: list[dict], max_tokens: int | None = None,
     t0 = time.perf_counter()
     resp = client.chat.completions.create(
         model=model or server.served_model_name, messages=messages,
-        max_tokens=max_tokens or gen["max_tokens"],
-        temperature=gen["temperature"] if temperature is None else temperature)
+        max_tokens=max_tokens or gen.max_tokens,
+        temperature=gen.temperature if temperature is None else temperature)
     latency = time.perf_counter() - t0
     choice = resp.choices[0]
     return {"model": resp.model, "text": choice.message.content, "finish_reason": choice.finish_reason,
@@ -362,3 +374,44 @@ def per_model(metrics: dict[str, list[dict]]):
     for name, (total, count) in sums.items():
         rows.setdefault(name, {"model_name": name})["mittlere_latenz_s"] = total / count if count else None
     return pd.DataFrame(list(rows.values()))
+
+
+# --------------------------------------------------------------------------- command line
+def add_cli(sub, profile: Profile) -> None:
+    from .cliargs import profile_arg
+
+    p = sub.add_parser("serve", help="start a vLLM OpenAI-compatible server on loopback")
+    profile_arg(p, profile)
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--adapter", action="append", metavar="NAME=DIR", help="LoRA adapter (repeatable)")
+    p.add_argument("--log", default=None, help="server log file")
+    p.add_argument("--timeout", type=float, default=profile.server.startup_timeout_s,
+                   help="seconds to wait for health (default from the profile: %(default)s)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from .adapters import parse_adapters
+
+    specs = parse_adapters(args.adapter)
+    if specs:  # rank, base model and names checked before the server starts (lora_server)
+        server = lora_server(args.profile, specs, port=args.port, host=args.host, log_path=args.log)
+    else:
+        server = VLLMServer(args.profile, port=args.port, host=args.host, log_path=args.log)
+    print(f"Starting vLLM server on {server.url} (log: {server.log_path}) ...", flush=True)
+    server.start(timeout=args.timeout)
+    print(f"Healthy after {server.startup_seconds:.0f} s: {server.base_url} (model '{server.served_model_name}'"
+          + (f", adapters {', '.join(server.adapters)}" if server.adapters else "") + "). Ctrl-C stops it.",
+          flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while server.running:
+            time.sleep(1)
+        print(f"Server exited unexpectedly. Last log lines:\n{server.log_tail()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("Stopping server ...")
+    finally:
+        server.stop()
+    return 0

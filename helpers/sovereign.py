@@ -65,3 +65,16 @@ def status() -> dict[str, str | None]:
     """The current values of all sovereignty variables (for display in a notebook)."""
     keys = list(OFFLINE_VARS) + list(TELEMETRY_VARS) + ["MLFLOW_TRACKING_URI"]
     return {key: os.environ.get(key) for key in keys}
+
+
+# --------------------------------------------------------------------------- command line
+def add_cli(sub, profile) -> None:
+    p = sub.add_parser("sovereign", help="show the offline/telemetry settings the course uses")
+    p.set_defaults(func=cmd_sovereign)
+
+
+def cmd_sovereign(args) -> int:
+    activate()
+    for key, value in status().items():
+        print(f"{key}={value}")
+    return 0

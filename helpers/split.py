@@ -9,6 +9,9 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 
+from .profiles import Profile
+
+STAGE = "split"
 DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "eval": 0.2}
 
 
@@ -160,7 +163,7 @@ def split_file(input_path, out_dir, rejects_path, by: str = "doc_id", seed: int 
     return {"counts": write_splits(splits, out_dir), "rejects": len(rejects)}
 
 
-def ensure_splits(profile=None, work_dir=None, llm=None, seed: int = 0):
+def ensure_splits(profile: Profile, work_dir=None, llm=None, seed: int = 0):
     """``splits/{train,val,eval}.jsonl`` of this run: found, or built (… → QC → split). Returns the folder."""
     from . import dataset, qc
 
@@ -168,5 +171,28 @@ def ensure_splits(profile=None, work_dir=None, llm=None, seed: int = 0):
     if all((out.splits / f"{n}.jsonl").exists() for n in DEFAULT_FRACTIONS):
         return out.splits
     accepted = qc.ensure_accepted(profile, work_dir, llm=llm)
-    split_file(accepted, out.splits, out.rejects("split"), seed=seed)
+    split_file(accepted, out.splits, out.rejects(STAGE), seed=seed)
     return out.splits
+
+
+# --------------------------------------------------------------------------- command line
+def add_cli(sub, profile) -> None:
+    p = sub.add_parser("split", help="leak-free train/val/eval split by document (stratified by type, seeded)")
+    p.add_argument("--input", required=True, help="accepted QA JSONL")
+    p.add_argument("--output-dir", required=True, help="folder for train.jsonl, val.jsonl, eval.jsonl")
+    p.add_argument("--rejects", default=None, help="pairs kept out, e.g. generated pairs of eval documents "
+                                                   f"(default: rejects/{STAGE}.jsonl beside the output folder)")
+    p.add_argument("--by", default="doc_id", help="group key with --no-gold (doc_id or chunk_id)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-gold", action="store_true", help="split only the input (default: add the gold pairs)")
+    p.set_defaults(func=cmd_split)
+
+
+def cmd_split(args) -> int:
+    from . import dataset
+
+    rejects = args.rejects or dataset.rejects_file(args.output_dir, STAGE)
+    summary = split_file(args.input, args.output_dir, rejects, by=args.by, seed=args.seed, with_gold=not args.no_gold)
+    print("split (leak-free, checked): " + ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
+          + f" -> {args.output_dir}; {summary['rejects']} rejects -> {rejects}")
+    return 0

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import dataset, generation
-from .profiles import Profile, load_profile
+from .profiles import Profile
 
 
 @dataclass
@@ -24,31 +24,26 @@ class BenchRequest:
     request_id: str
 
 
-def bench_requests(profile: Profile | str | None = None, n: int | None = None,
+def bench_requests(profile: Profile, n: int | None = None,
                    max_tokens: int | None = None) -> tuple[list[BenchRequest], int]:
     """``n`` generation requests (chunks of the course corpus × the four types) and their ``max_tokens``."""
     from . import chunking, inference
 
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
-    cfg = dataset.settings(profile)
-    n = n or cfg["bench_prompts"]
+    cfg = profile.dataset
+    n = n or cfg.bench_prompts
     tok = chunking.get_tokenizer(profile)
     docs = dataset.prepare_documents()
-    chunks = chunking.chunk_documents(docs, tok, cfg["chunk_max_tokens"], cfg["chunk_overlap"], progress=False)
-    chosen = generation.select_chunks(chunks, cfg["chunk_min_tokens"], -(-n // len(generation.TYPES)))
+    chunks = chunking.chunk_documents(docs, tok, cfg.chunk_max_tokens, cfg.chunk_overlap, progress=False)
+    chosen = generation.select_chunks(chunks, cfg.chunk_min_tokens, -(-n // len(generation.TYPES)))
     metas = [(c, t) for c in chosen for t in generation.TYPES][:n]
     texts = inference.chat_prompts(tok, [generation.messages(c, t) for c, t in metas])
-    reqs = [BenchRequest(text, generation.schema(t, cfg), generation.stable_hash(generation.record_id(c["id"], t)) % 2 ** 31,
+    reqs = [BenchRequest(text, generation.schema(t, cfg), generation.request_seed(generation.record_id(c["id"], t)),
                          generation.record_id(c["id"], t)) for text, (c, t) in zip(texts, metas)]
-    return reqs, max_tokens or cfg.get("bench_max_tokens", 64)
+    return reqs, max_tokens or cfg.bench_max_tokens
 
 
 def _params(profile: Profile, req: BenchRequest, max_tokens: int):
-    from vllm import SamplingParams
-    from vllm.sampling_params import StructuredOutputsParams
-
-    return SamplingParams(max_tokens=max_tokens, temperature=profile.generation["temperature"], seed=req.seed,
-                          structured_outputs=StructuredOutputsParams(json=req.schema))
+    return generation.json_params(req.schema, req.seed, max_tokens, profile.generation.temperature)
 
 
 def _result(mode: str, concurrency: int, n: int, tokens: int, seconds: float, ok: int) -> dict:
@@ -80,7 +75,7 @@ SERVER_ARGS = ["--structured-outputs-config", '{"backend": "xgrammar", "disable_
                "--no-enable-prefix-caching"]
 
 
-def make_server(profile: Profile | str | None = None, **kwargs):
+def make_server(profile: Profile, **kwargs):
     """A ``vllm serve`` process configured like the offline generation engine (same decoding rules)."""
     from . import serve
 
@@ -91,7 +86,7 @@ def run_server(server, reqs: list[BenchRequest], max_tokens: int, concurrency: i
                retries: int = 2) -> dict:
     """``concurrency`` client threads send the requests to ``/v1/completions`` (generous timeout, retries)."""
     client = server.client(timeout=timeout, max_retries=retries)
-    temperature = server.profile.generation["temperature"]
+    temperature = server.profile.generation.temperature
 
     def one(req: BenchRequest) -> int:
         resp = client.completions.create(model=server.served_model_name, prompt=req.prompt, max_tokens=max_tokens,
@@ -132,17 +127,16 @@ def plot_speedup(table):
     return fig
 
 
-def batching_benchmark(profile: Profile | str | None = None) -> dict:
+def batching_benchmark(profile: Profile) -> dict:
     """``make bench``: offline batch vs the per-request loop, same prompts, one engine, one run."""
     from . import inference
 
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
-    cfg = dataset.settings(profile)
+    cfg = profile.dataset
     reqs, max_tokens = bench_requests(profile)
     llm = generation.make_generator(profile)
     try:
         warm_up(llm, profile, reqs, max_tokens)
-        loop = run_offline(llm, profile, reqs[:cfg["bench_sequential"]], max_tokens, sequential=True)
+        loop = run_offline(llm, profile, reqs[:cfg.bench_sequential], max_tokens, sequential=True)
         batch = run_offline(llm, profile, reqs, max_tokens, sequential=False)
     finally:
         inference.shutdown(llm)

@@ -15,6 +15,7 @@ Decisions (and the traps of the original blog series they avoid):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -27,24 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import gpumem, io, models, prompts
-from .profiles import Profile, load_profile
+from . import dataset, gpumem, io, models
+from .labels import COLLATORS, TrainingDataError, encode_records, load_tokenizer, make_collator
+from .profiles import Profile
 
-IGNORE_INDEX = -100
-COLLATORS = ("completion", "lm")
-ACCEPTED_FILE = Path("data") / "qa_accepted.jsonl"
+STAGE = "train"  # rejects go to rejects/train.jsonl (see dataset.rejects_file)
 
-
-class TrainingDataError(ValueError):
-    """The training data cannot be used (empty, malformed, nothing left after validation)."""
-
-
-class TemplateError(ValueError):
-    """The chat template does not behave as the label masking needs (prefix, EOS)."""
-
-
-class AdapterMismatchError(ValueError):
-    """An adapter directory does not fit the base model it is loaded onto."""
 
 
 # --------------------------------------------------------------------------- records
@@ -79,7 +68,7 @@ def validate_records(records: list[dict], source: str = "", rejects_path: str | 
     if not good:
         raise TrainingDataError(
             f"No usable training records in {source or 'the data'}: {len(records)} read, {len(bad)} rejected. "
-            "Each JSONL line needs non-empty 'question' and 'answer' (and usually 'context'); see DESIGN.md §4.")
+            "Each JSONL line needs non-empty 'question' and 'answer' (and usually 'context'); see the QA record in docs/architecture.md.")
     return good
 
 
@@ -113,7 +102,7 @@ def training_records(work_dir: str | Path, rejects_path: str | Path | None = Non
     splits = split.gold_splits()
     train = [{**r, "source": "gold"} for r in splits["train"]]
     evaluation = [{**r, "source": "gold"} for r in splits["eval"]]
-    accepted = Path(work_dir) / ACCEPTED_FILE
+    accepted = dataset.files(work_dir).accepted
     if accepted.exists():
         generated = load_records(accepted, rejects_path)
         eval_docs = {r["doc_id"] for r in evaluation}
@@ -127,134 +116,6 @@ def training_records(work_dir: str | Path, rejects_path: str | Path | None = Non
                                             "stage": "train"} for r in leaking])
         train += [{**r, "source": "generated"} for r in generated if doc_of(r) not in eval_docs]
     return train, evaluation
-
-
-# --------------------------------------------------------------------------- tokenizer and labels
-def load_tokenizer(model_dir: str, pad_as_eos: bool = False):
-    """The base model's tokenizer with a pad token distinct from EOS (or, for the experiment, pad = eos)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    if tok.chat_template is None:
-        raise TemplateError(f"The tokenizer in {model_dir} has no chat template; training, vLLM and `vllm serve` "
-                            "need the same one. Add `chat_template` to its tokenizer_config.json.")
-    if pad_as_eos:
-        tok.pad_token = tok.eos_token  # the pad_token bug, reproduced on purpose (notebook 05.3)
-    elif tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
-        if tok.unk_token is not None and tok.unk_token_id != tok.eos_token_id:
-            tok.pad_token = tok.unk_token  # Mistral/Llama: no pad token; unk is never a label and not EOS
-        else:
-            raise TemplateError(f"The tokenizer in {model_dir} has no token to pad with besides EOS. Add a pad token "
-                                "(and resize the embeddings) before training.")
-    tok.padding_side = "right"
-    return tok
-
-
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def encode(tokenizer, record: dict, max_length: int) -> dict:
-    """One training example: input_ids and completion-only labels (assistant span + EOS).
-
-    Raises TemplateError if the template breaks the prefix property or drops EOS, and ValueError (with
-    ``reason``) when the example does not fit ``max_length`` -- it is never silently truncated.
-    """
-    context = record.get("context")
-    prompt_text = tokenizer.apply_chat_template(prompts.qa_messages(record["question"], context),
-                                                tokenize=False, add_generation_prompt=True)
-    full_text = tokenizer.apply_chat_template(prompts.qa_messages(record["question"], context, record["answer"]),
-                                              tokenize=False)
-    prompt_ids, full_ids = _ids(tokenizer, prompt_text), _ids(tokenizer, full_text)
-    if full_ids[:len(prompt_ids)] != prompt_ids:
-        raise TemplateError("The tokenized prompt (add_generation_prompt=True) is not a prefix of the tokenized "
-                            "conversation, so the assistant span cannot be located by position. Check the chat "
-                            f"template (record {record.get('id')}).")
-    eos = tokenizer.eos_token_id
-    tail = full_ids[len(prompt_ids):]
-    if eos not in tail:
-        raise TemplateError("The chat template does not end the assistant message with the EOS token; a model "
-                            "trained on it never learns to stop. Append eos_token after the assistant content.")
-    end = len(prompt_ids) + tail.index(eos) + 1  # keep the answer and its EOS; drop what follows EOS
-    input_ids = full_ids[:end]
-    if len(input_ids) > max_length:
-        err = ValueError(f"{len(input_ids)} tokens > max_length {max_length}: truncation would cut the answer "
-                         "and its EOS")
-        err.reason = f"too_long: {len(input_ids)} tokens > max_length {max_length}"
-        raise err
-    labels = [IGNORE_INDEX] * len(prompt_ids) + input_ids[len(prompt_ids):]
-    return {"input_ids": input_ids, "labels": labels, "length": len(input_ids),
-            "answer_tokens": end - len(prompt_ids)}
-
-
-def encode_records(tokenizer, records: list[dict], max_length: int, rejects_path: str | Path | None = None,
-                   source: str = "") -> list[dict]:
-    """Encode all records; too-long ones go to the rejects file (reason, stage) and are reported."""
-    encoded, rejected = [], []
-    for rec in records:
-        try:
-            encoded.append(encode(tokenizer, rec, max_length))
-        except TemplateError:
-            raise
-        except ValueError as exc:
-            rejected.append({**rec, "reason": getattr(exc, "reason", str(exc)), "stage": "encode"})
-    if rejected:
-        if rejects_path:
-            io.append_jsonl(rejects_path, rejected)
-        warnings.warn(f"{len(rejected)} of {len(records)} examples {source} rejected as longer than max_length "
-                      f"{max_length} (never truncated: that would cut the answer's EOS)"
-                      + (f"; see {rejects_path}" if rejects_path else ""), stacklevel=2)
-    if not encoded:
-        raise TrainingDataError(f"All {len(records)} examples {source} are longer than max_length {max_length}. "
-                                "Raise train.max_length in the profile or shorten the contexts.")
-    return encoded
-
-
-class CompletionCollator:
-    """Right-pads input_ids with the pad token, labels with -100 (so EOS in the labels stays a label)."""
-
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = 8):
-        self.pad_token_id = pad_token_id
-        self.pad_to_multiple_of = pad_to_multiple_of
-
-    def __call__(self, features: list[dict]) -> dict:
-        import torch
-
-        longest = max(len(f["input_ids"]) for f in features)
-        if self.pad_to_multiple_of:
-            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        ids, labels, mask = [], [], []
-        for f in features:
-            pad = longest - len(f["input_ids"])
-            ids.append(list(f["input_ids"]) + [self.pad_token_id] * pad)
-            labels.append(list(f["labels"]) + [IGNORE_INDEX] * pad)
-            mask.append([1] * len(f["input_ids"]) + [0] * pad)
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-                "attention_mask": torch.tensor(mask)}
-
-
-class LMCollator:
-    """``DataCollatorForLanguageModeling(mlm=False)``: labels = input_ids with every pad position masked.
-
-    With a distinct pad token this labels the whole sequence (prompt included). With pad = eos it masks
-    every EOS too -- the pad_token bug.
-    """
-
-    def __init__(self, tokenizer):
-        from transformers import DataCollatorForLanguageModeling
-
-        self.inner = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)
-
-    def __call__(self, features: list[dict]) -> dict:
-        return self.inner([{"input_ids": list(f["input_ids"])} for f in features])
-
-
-def make_collator(tokenizer, kind: str = "completion"):
-    if kind == "completion":
-        return CompletionCollator(tokenizer.pad_token_id)
-    if kind == "lm":
-        return LMCollator(tokenizer)
-    raise ValueError(f"Unknown collator '{kind}': choose one of {', '.join(COLLATORS)}")
 
 
 # --------------------------------------------------------------------------- model
@@ -273,7 +134,7 @@ def load_model(profile: Profile, model_dir: str):
     dtype = torch_dtype(profile)
     device_map = {"": 0} if profile.device == "cuda" else {"": "cpu"}
     kwargs: dict[str, Any] = {"dtype": dtype, "device_map": device_map}
-    quantize = profile.train.get("quantize_4bit", True)
+    quantize = profile.train.quantize_4bit
     if quantize:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -281,7 +142,7 @@ def load_model(profile: Profile, model_dir: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    checkpointing = bool(profile.train.get("gradient_checkpointing", False))
+    checkpointing = profile.train.gradient_checkpointing
     if quantize:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     elif checkpointing:
@@ -294,12 +155,12 @@ def lora_config(profile: Profile):
     from peft import LoraConfig
 
     lora = profile.lora
-    rank_limit = profile.vllm.get("max_lora_rank", 16)
-    if lora["r"] > rank_limit:
-        raise ValueError(f"LoRA rank {lora['r']} exceeds vLLM's max_lora_rank {rank_limit} in profile "
+    rank_limit = profile.vllm.max_lora_rank
+    if lora.r > rank_limit:
+        raise ValueError(f"LoRA rank {lora.r} exceeds vLLM's max_lora_rank {rank_limit} in profile "
                          f"'{profile.name}': the adapter would not load for serving. Lower lora.r.")
-    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora.get("dropout", 0.0),
-                      target_modules=lora.get("target_modules", "all-linear"), bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, bias="none", task_type="CAUSAL_LM")
 
 
 # --------------------------------------------------------------------------- training
@@ -321,7 +182,7 @@ def peak_memory_mb(profile: Profile) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def train(profile: Profile | str, train_records: list[dict], eval_records: list[dict] | None, output_dir: str | Path,
+def train(profile: Profile, train_records: list[dict], eval_records: list[dict] | None, output_dir: str | Path,
           pad_as_eos: bool = False, collator: str = "completion", resume: bool = False,
           tracker=None, rejects_path: str | Path | None = None, max_steps: int | None = None,
           progress: bool = True, run_name: str | None = None) -> TrainResult:
@@ -331,55 +192,52 @@ def train(profile: Profile | str, train_records: list[dict], eval_records: list[
     from peft import get_peft_model
     from transformers import Trainer, TrainingArguments, set_seed
 
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
     profile.require_device()
     if collator not in COLLATORS:
         raise ValueError(f"Unknown collator '{collator}': choose one of {', '.join(COLLATORS)}")
     output_dir = Path(output_dir)
-    rejects_path = rejects_path or output_dir.parent / f"{output_dir.name}.rejects.jsonl"
-    cfg = dict(profile.train)
-    if max_steps:
-        cfg["max_steps"] = max_steps
+    rejects_path = rejects_path or dataset.rejects_file(output_dir, STAGE)
+    cfg = dataclasses.replace(profile.train, max_steps=max_steps) if max_steps else profile.train
     train_records = validate_records(train_records, "the training records", rejects_path)
     model_dir = models.resolve(profile, "train_model")
     tok = load_tokenizer(model_dir, pad_as_eos=pad_as_eos)
-    train_enc = encode_records(tok, train_records, cfg["max_length"], rejects_path, "(train)")
+    train_enc = encode_records(tok, train_records, cfg.max_length, rejects_path, "(train)")
     eval_enc = encode_records(tok, validate_records(eval_records, "the eval records", rejects_path, "eval"),
-                              cfg["max_length"], rejects_path, "(eval)") if eval_records else None
+                              cfg.max_length, rejects_path, "(eval)") if eval_records else None
 
-    set_seed(cfg.get("seed", 0))
-    if profile.device == "cpu" and cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
+    set_seed(cfg.seed)
+    if profile.device == "cpu" and cfg.threads:
+        torch.set_num_threads(cfg.threads)
     advice = functools.partial(gpumem.training_advice, profile, cfg)
     with gpumem.advise(advice):
         model = get_peft_model(load_model(profile, model_dir), lora_config(profile))
     trainable, total = model.get_nb_trainable_parameters()
     dtype = profile.resolved_dtype("train_dtype")
     ckpt_dir = output_dir.parent / f"{output_dir.name}.checkpoints"
-    steps = cfg["max_steps"]
-    eval_every = max(1, steps // 3)
+    steps = cfg.max_steps
+    eval_every = cfg.eval_every
     args = TrainingArguments(
-        output_dir=str(ckpt_dir), max_steps=steps, per_device_train_batch_size=cfg["batch_size"],
-        per_device_eval_batch_size=cfg["batch_size"], gradient_accumulation_steps=cfg.get("grad_accum", 1),
-        learning_rate=cfg["learning_rate"], lr_scheduler_type=cfg.get("scheduler", "cosine"),
-        warmup_steps=cfg.get("warmup_steps", max(1, steps // 20)), weight_decay=0.0,
-        optim=cfg.get("optimizer", "adamw_torch"), logging_steps=cfg.get("logging_steps", 10), logging_first_step=True,
+        output_dir=str(ckpt_dir), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup, weight_decay=0.0,
+        optim=cfg.optimizer, logging_steps=cfg.logging_steps, logging_first_step=True,
         eval_strategy="steps" if eval_enc else "no", eval_steps=eval_every,
-        save_strategy="steps", save_steps=cfg.get("save_steps", eval_every), save_total_limit=2,
+        save_strategy="steps", save_steps=cfg.save_every, save_total_limit=2,
         train_sampling_strategy="group_by_length", length_column_name="length",
         gradient_checkpointing=False,  # already set up by prepare_model_for_kbit_training
         bf16=profile.device == "cuda" and dtype == "bfloat16", fp16=profile.device == "cuda" and dtype == "float16",
         use_cpu=profile.device == "cpu", report_to="none", remove_unused_columns=False,
-        dataloader_pin_memory=profile.device == "cuda", seed=cfg.get("seed", 0), disable_tqdm=not progress,
+        dataloader_pin_memory=profile.device == "cuda", seed=cfg.seed, disable_tqdm=not progress,
     )
     callbacks = []  # without tqdm the Trainer prints each log line itself
     run_info = {"profile": profile.name, "base_model": model_dir, "pad_as_eos": pad_as_eos, "collator": collator,
-                "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "lora_r": profile.lora["r"],
-                "lora_alpha": profile.lora["alpha"], "target_modules": profile.lora.get("target_modules"),
-                "quantize_4bit": cfg.get("quantize_4bit", True), "train_dtype": dtype,
-                "max_steps": steps, "batch_size": cfg["batch_size"], "grad_accum": cfg.get("grad_accum", 1),
-                "learning_rate": cfg["learning_rate"], "max_length": cfg["max_length"],
-                "optimizer": cfg.get("optimizer"), "gradient_checkpointing": bool(cfg.get("gradient_checkpointing")),
+                "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "lora_r": profile.lora.r,
+                "lora_alpha": profile.lora.alpha, "target_modules": profile.lora.target_modules,
+                "quantize_4bit": cfg.quantize_4bit, "train_dtype": dtype,
+                "max_steps": steps, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
+                "learning_rate": cfg.learning_rate, "max_length": cfg.max_length,
+                "optimizer": cfg.optimizer, "gradient_checkpointing": cfg.gradient_checkpointing,
                 "train_examples": len(train_enc), "eval_examples": len(eval_enc or []),
                 "train_tokens": sum(e["length"] for e in train_enc),
                 "sources": {s: sum(r.get("source") == s for r in train_records) for s in ("gold", "generated")},
@@ -411,7 +269,7 @@ def train(profile: Profile | str, train_records: list[dict], eval_records: list[
     history = trainer.state.log_history
     losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
     eval_losses = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    trained_tokens = run_info["train_tokens"] / len(train_enc) * steps * cfg["batch_size"] * cfg.get("grad_accum", 1)
+    trained_tokens = run_info["train_tokens"] / len(train_enc) * steps * cfg.batch_size * cfg.grad_accum
     info = {**run_info, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1), "threads": torch.get_num_threads(),
             "train_loss": out.training_loss,
             "loss_first": losses[0][1] if losses else None, "loss_last": losses[-1][1] if losses else None,
@@ -453,11 +311,10 @@ def adapter_info(adapter_dir: str | Path) -> dict | None:
     return io.read_json(path) if path.exists() else None
 
 
-def ensure_adapter(profile: Profile | str, work_dir: str | Path, name: str = "fixed", pad_as_eos: bool = False,
+def ensure_adapter(profile: Profile, work_dir: str | Path, name: str = "fixed", pad_as_eos: bool = False,
                    collator: str = "completion", tracker=None, progress: bool = False) -> Path:
     """The adapter ``<work_dir>/adapters/<name>``, trained on ``training_records(work_dir)`` if it is missing
     (or was trained with another profile or another pad/collator setting)."""
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
     target = adapters_dir(work_dir) / name
     info = adapter_info(target)
     if (info and (target / "adapter_config.json").exists() and info.get("profile") == profile.name
@@ -465,85 +322,16 @@ def ensure_adapter(profile: Profile | str, work_dir: str | Path, name: str = "fi
         return target
     print(f"Adapter '{name}' not found in {target.parent}: training it now "
           f"(pad_as_eos={pad_as_eos}, collator={collator}).", flush=True)
-    train_recs, eval_recs = training_records(work_dir, rejects_path=Path(work_dir) / "rejects" / "train.jsonl")
+    rejects = dataset.files(work_dir).rejects(STAGE)
+    train_recs, eval_recs = training_records(work_dir, rejects_path=rejects)
     if tracker is None:
         from . import tracking
 
         tracker = tracking.Tracker(tracking.local_uri(work_dir), experiment="qlora",
                                    artifact_root=tracking.local_artifact_root(work_dir))
     train(profile, train_recs, eval_recs, target, pad_as_eos=pad_as_eos, collator=collator, tracker=tracker,
-          rejects_path=Path(work_dir) / "rejects" / "train.jsonl", progress=progress, run_name=name)
+          rejects_path=rejects, progress=progress, run_name=name)
     return target
-
-
-def _safetensors_shapes(path: Path) -> dict[str, tuple]:
-    from safetensors import safe_open
-
-    shapes = {}
-    with safe_open(str(path), framework="pt") as fh:
-        for key in fh.keys():
-            shapes[key] = tuple(fh.get_slice(key).get_shape())
-    return shapes
-
-
-def _base_shapes(model_dir: Path) -> dict[str, tuple]:
-    index = model_dir / "model.safetensors.index.json"
-    files = sorted(set(io.read_json(index)["weight_map"].values())) if index.exists() else ["model.safetensors"]
-    shapes: dict[str, tuple] = {}
-    for name in files:
-        if not (model_dir / name).exists():
-            raise FileNotFoundError(f"{model_dir / name} missing: the base model directory is incomplete.")
-        shapes.update(_safetensors_shapes(model_dir / name))
-    return shapes
-
-
-def check_adapter(adapter_dir: str | Path, model_dir: str | Path) -> dict:
-    """Check that a LoRA adapter fits the base model (modules exist, shapes match, rank); returns its config.
-
-    vLLM's own error for a mismatching adapter is a shape error deep in the engine; this names the cause.
-    """
-    adapter_dir, model_dir = Path(adapter_dir), Path(model_dir)
-    config_path = adapter_dir / "adapter_config.json"
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not config_path.exists() or not weights.exists():
-        raise AdapterMismatchError(f"{adapter_dir} is not a LoRA adapter (adapter_config.json and "
-                                   "adapter_model.safetensors expected). Train one with `python -m helpers train`.")
-    config = io.read_json(config_path)
-    base = _base_shapes(model_dir)
-    problems = []
-    for key, shape in _safetensors_shapes(weights).items():
-        if ".lora_A." not in key and ".lora_B." not in key:
-            continue
-        module = key.split(".lora_")[0].removeprefix("base_model.model.")
-        base_key = f"{module}.weight"
-        if base_key not in base:
-            problems.append(f"module {module} does not exist in the base model")
-            continue
-        out_f, in_f = base[base_key][:2]
-        expected_in = ".lora_A." in key and shape[1] != in_f
-        expected_out = ".lora_B." in key and shape[0] != out_f
-        if expected_in or expected_out:
-            problems.append(f"{key}: shape {shape} does not fit base weight {base_key} {base[base_key]}")
-    if problems:
-        trained_on = config.get("base_model_name_or_path")
-        raise AdapterMismatchError(
-            f"Adapter {adapter_dir} does not match the base model {model_dir} ({len(problems)} problems, e.g. "
-            f"{problems[0]}). It was trained on '{trained_on}'. Load it onto that model, or retrain it for "
-            "this one (`python -m helpers train`).")
-    return config
-
-
-def lora_request(name: str, adapter_dir: str | Path, profile: Profile | str | None = None, lora_id: int = 1):
-    """A vLLM ``LoRARequest`` for an adapter, checked against the profile's base model and rank limit first."""
-    from vllm.lora.request import LoRARequest
-
-    profile = profile if isinstance(profile, Profile) else load_profile(profile)
-    config = check_adapter(adapter_dir, models.resolve(profile))
-    limit = profile.vllm.get("max_lora_rank", 16)
-    if config.get("r", 0) > limit:
-        raise AdapterMismatchError(f"Adapter {adapter_dir} has rank {config['r']} > max_lora_rank {limit} of "
-                                   f"profile '{profile.name}'. Retrain with a smaller lora.r or raise max_lora_rank.")
-    return LoRARequest(name, lora_id, str(Path(adapter_dir).resolve()))
 
 
 # --------------------------------------------------------------------------- reporting
@@ -578,3 +366,43 @@ def plot_losses(runs: dict[str, dict], title: str = "Loss während des Trainings
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- command line
+def add_cli(sub, profile: Profile) -> None:
+    from .cliargs import profile_arg
+
+    p = sub.add_parser("train", help="QLoRA-train a LoRA adapter (NF4 base, completion-only labels with EOS)")
+    profile_arg(p, profile)
+    p.add_argument("--train", required=True, help="training QA JSONL (question, answer, context)")
+    p.add_argument("--eval", default=None, help="evaluation QA JSONL (eval loss during training)")
+    p.add_argument("--output", required=True, help="adapter directory (checkpoints go beside it)")
+    p.add_argument("--rejects", default=None, help=f"rejects JSONL (default: rejects/{STAGE}.jsonl beside --output)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--pad-as-eos", action="store_true", help="set pad_token = eos_token (the bug, on purpose)")
+    p.add_argument("--collator", choices=COLLATORS, default="completion",
+                   help="completion: labels only the answer + EOS; lm: DataCollatorForLanguageModeling")
+    p.add_argument("--max-steps", type=int, default=profile.train.max_steps,
+                   help="training steps (default: the profile's train.max_steps, %(default)s)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the local sqlite store)")
+    p.add_argument("--experiment", default="qlora", help="MLflow experiment name")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from . import tracking
+
+    rejects = args.rejects or dataset.rejects_file(args.output, STAGE)
+    train_recs = load_records(args.train, rejects)
+    eval_recs = load_records(args.eval, rejects) if args.eval else None
+    tracker = None if args.no_tracking else tracking.Tracker(
+        args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), experiment=args.experiment)
+    result = train(args.profile, train_recs, eval_recs, args.output, pad_as_eos=args.pad_as_eos,
+                   collator=args.collator, resume=args.resume, tracker=tracker, rejects_path=rejects,
+                   max_steps=args.max_steps)
+    info = result.info
+    print(f"Adapter saved to {result.adapter_dir}: {info['max_steps']} steps in {info['seconds']:.0f} s, loss "
+          f"{info['loss_first']:.3f} -> {info['loss_last']:.3f}, eval loss {info['eval_loss_last']}, peak memory "
+          f"{info['peak_memory_mb']:.0f} MB ({info['memory_kind']})")
+    return 0

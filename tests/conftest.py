@@ -30,11 +30,12 @@ def course_run(tmp_path_factory):
 def lora_server(tmp_path_factory):
     """One real `vllm serve --enable-lora` on loopback (Kurs-Mini + two random peft adapters "a" and "b"),
     shared by the LoRA serving and dashboard tests; stopped at the end of the session."""
-    from helpers import adapters
+    from helpers import adapters, serve
+    from helpers.profiles import load_profile
 
     root = tmp_path_factory.mktemp("lora-server")
     dirs = {name: adapters.random_adapter(root / name, r=8, seed=i) for i, name in enumerate(("a", "b"), 1)}
-    server = adapters.lora_server("mini", dirs, log_path=root / "server.log")
+    server = serve.lora_server(load_profile("mini"), dirs, log_path=root / "server.log")
     server.start()
     try:
         yield server

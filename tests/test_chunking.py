@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 from helpers import chunking, dataset, io, paths
+from helpers.profiles import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return chunking.get_tokenizer("mini")
+    return chunking.get_tokenizer(load_profile("mini"))
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +124,11 @@ def test_chunk_cli_fails_clearly_when_nothing_is_usable(tmp_path):
 
 
 def test_ensure_chunks_builds_the_run_files(tmp_path):
-    path = chunking.ensure_chunks("mini", tmp_path)
+    path = chunking.ensure_chunks(load_profile("mini"), tmp_path)
     files = dataset.files(tmp_path)
     assert path == files.chunks and files.documents.exists()
     load_rejects = io.read_jsonl(files.rejects("load"))
     assert [r["doc_id"] for r in load_rejects] == ["produkte/faq-flowline-f200-alt.html"]   # the near-duplicate
     first = json.loads(path.read_text().splitlines()[0])
     assert first["id"].endswith("#c0000")
-    assert chunking.ensure_chunks("mini", tmp_path) == path   # found, not rebuilt
+    assert chunking.ensure_chunks(load_profile("mini"), tmp_path) == path   # found, not rebuilt

@@ -1,11 +1,11 @@
 """The command lines the Makefile and README give parse as written (argparse quirks included)."""
 
-from helpers import bench, cli
+from helpers import bench, bench_gpu, cli
 
 
 def test_make_bench_without_names_runs_every_benchmark():
     args = cli.build_parser().parse_args(["bench"])  # `make bench`: an empty nargs="*" list
-    assert args.func is cli.cmd_bench and args.names == []
+    assert args.func is bench.cmd_bench and args.names == []
     assert cli.build_parser().parse_args(["bench", "model", "train"]).names == ["model", "train"]
 
 
@@ -17,7 +17,7 @@ def test_unknown_benchmark_names_fail_before_anything_runs(capsys):
 
 def test_bench_gpu_parts_and_merge_parse():
     args = cli.build_parser().parse_args(["bench-gpu", "generation", "qlora", "--merge"])
-    assert args.func is cli.cmd_bench_gpu and args.parts == ["generation", "qlora"] and args.merge
+    assert args.func is bench_gpu.cmd_bench_gpu and args.parts == ["generation", "qlora"] and args.merge
     assert cli.build_parser().parse_args(["bench-gpu"]).parts == []
 
 

@@ -7,38 +7,38 @@ import numpy as np
 import pytest
 
 from helpers import evaluation as ev
-from helpers import io, prompts, split
+from helpers import io, prompts, split, stats, textmetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # --------------------------------------------------------------------------- text metrics
 def test_token_f1_on_hand_made_cases():
-    assert ev.token_f1("a b c", "a b d") == pytest.approx(2 / 3)
-    assert ev.token_f1("Die Schulung dauert 45 Minuten.", "die schulung dauert 45 minuten") == 1.0
-    assert ev.token_f1("x y", "a b") == 0.0
+    assert textmetrics.token_f1("a b c", "a b d") == pytest.approx(2 / 3)
+    assert textmetrics.token_f1("Die Schulung dauert 45 Minuten.", "die schulung dauert 45 minuten") == 1.0
+    assert textmetrics.token_f1("x y", "a b") == 0.0
     # repeated words count only as often as they occur in the reference (bag intersection)
-    assert ev.token_f1("a a a", "a b") == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+    assert textmetrics.token_f1("a a a", "a b") == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
 
 
 def test_rouge_l_uses_the_longest_common_subsequence():
     # LCS of "a b c d" and "a c d" is "a c d" (3): P = 3/4, R = 1
-    assert ev.rouge_l("a b c d", "a c d") == pytest.approx(2 * 0.75 / 1.75)
+    assert textmetrics.rouge_l("a b c d", "a c d") == pytest.approx(2 * 0.75 / 1.75)
     # word order matters for ROUGE-L but not for token F1
-    assert ev.rouge_l("d c b a", "a b c d") == pytest.approx(0.25)
-    assert ev.token_f1("d c b a", "a b c d") == 1.0
+    assert textmetrics.rouge_l("d c b a", "a b c d") == pytest.approx(0.25)
+    assert textmetrics.token_f1("d c b a", "a b c d") == 1.0
 
 
 def test_refusal_detection_ignores_case_and_punctuation_but_needs_the_whole_sentence():
-    assert ev.is_refusal(prompts.REFUSAL)
-    assert ev.is_refusal("  " + prompts.REFUSAL.upper().rstrip(".") + "!")
-    assert ev.is_refusal("Leider: " + prompts.REFUSAL)
-    assert not ev.is_refusal("Das geht aus den Dokumenten hervor.")
-    assert not ev.is_refusal("")
+    assert textmetrics.is_refusal(prompts.REFUSAL)
+    assert textmetrics.is_refusal("  " + prompts.REFUSAL.upper().rstrip(".") + "!")
+    assert textmetrics.is_refusal("Leider: " + prompts.REFUSAL)
+    assert not textmetrics.is_refusal("Das geht aus den Dokumenten hervor.")
+    assert not textmetrics.is_refusal("")
 
 
 def test_numbers_are_normalised_and_must_occur_in_the_context():
-    assert ev.numbers("1.000 Euro und 45 Minuten") == {"1000", "45"}
+    assert textmetrics.numbers("1.000 Euro und 45 Minuten") == {"1000", "45"}
     rec = {"id": "q", "type": "factual", "question": "?", "answer": "45 Minuten",
            "context": "Die Schulung dauert etwa 45 Minuten und endet mit einem Abschlusstest."}
     ok = ev.score_item(rec, "Die Schulung dauert etwa 45 Minuten.", "stop", 9)
@@ -69,43 +69,43 @@ def test_refusal_metrics_split_by_answerability():
 # --------------------------------------------------------------------------- statistics
 def test_mcnemar_exact_uses_only_discordant_pairs():
     before, after = [False] * 10, [True] * 10
-    res = ev.mcnemar_exact(before, after)
+    res = stats.mcnemar_exact(before, after)
     assert (res["gained"], res["lost"], res["discordant"]) == (10, 0, 10)
     assert res["p_value"] == pytest.approx(2 * 0.5 ** 10)
     # 3 gained, 1 lost: two-sided binomial P(X<=1 or X>=3 | n=4) = 10/16
-    mixed = ev.mcnemar_exact([False, False, False, True], [True, True, True, False])
+    mixed = stats.mcnemar_exact([False, False, False, True], [True, True, True, False])
     assert mixed["p_value"] == pytest.approx(0.625)
     # concordant pairs carry no information: adding 50 of them changes nothing
-    padded = ev.mcnemar_exact([False, False, False, True] + [True] * 25 + [False] * 25,
+    padded = stats.mcnemar_exact([False, False, False, True] + [True] * 25 + [False] * 25,
                               [True, True, True, False] + [True] * 25 + [False] * 25)
     assert padded["p_value"] == pytest.approx(0.625)
-    assert ev.mcnemar_exact([True, False], [True, False])["p_value"] == 1.0
+    assert stats.mcnemar_exact([True, False], [True, False])["p_value"] == 1.0
     with pytest.raises(ValueError, match="equal lengths"):
-        ev.mcnemar_exact([True], [True, False])
+        stats.mcnemar_exact([True], [True, False])
 
 
 def test_bootstrap_ci_is_seeded_and_close_to_the_normal_approximation():
     values = [0] * 10 + [1] * 10
-    lo, hi = ev.bootstrap_ci(values, n_boot=4000, seed=1)
+    lo, hi = stats.bootstrap_ci(values, n_boot=4000, seed=1)
     se = np.sqrt(0.25 / 20)
     assert lo < 0.5 < hi
     assert lo == pytest.approx(0.5 - 1.96 * se, abs=0.06) and hi == pytest.approx(0.5 + 1.96 * se, abs=0.06)
-    assert ev.bootstrap_ci(values, n_boot=4000, seed=1) == (lo, hi)
+    assert stats.bootstrap_ci(values, n_boot=4000, seed=1) == (lo, hi)
     continuous = list(np.linspace(0, 1, 17) ** 2)
-    assert ev.bootstrap_ci(continuous, n_boot=500, seed=1) != ev.bootstrap_ci(continuous, n_boot=500, seed=2)
+    assert stats.bootstrap_ci(continuous, n_boot=500, seed=1) != stats.bootstrap_ci(continuous, n_boot=500, seed=2)
     # 0 % observed: every resample is 0, the interval collapses (documented, not a bug)
-    assert ev.bootstrap_ci([0] * 15) == (0.0, 0.0)
+    assert stats.bootstrap_ci([0] * 15) == (0.0, 0.0)
 
 
 def test_paired_bootstrap_resamples_pairs():
     before = [0.1, 0.5, 0.9, 0.3, 0.7, 0.2, 0.4, 0.6]
     shifted = [b + 0.2 for b in before]
-    res = ev.paired_bootstrap(before, shifted, n_boot=1000)
+    res = stats.paired_bootstrap(before, shifted, n_boot=1000)
     # a constant paired difference has no spread, however spread the values themselves are
     assert res["mean_diff"] == pytest.approx(0.2)
     assert res["ci_low"] == pytest.approx(0.2) and res["ci_high"] == pytest.approx(0.2)
     assert res["p_value"] == pytest.approx(1 / 1000)
-    noise = ev.paired_bootstrap(before, [b + d for b, d in zip(before, [0.1, -0.1] * 4)], n_boot=1000)
+    noise = stats.paired_bootstrap(before, [b + d for b, d in zip(before, [0.1, -0.1] * 4)], n_boot=1000)
     assert noise["ci_low"] < 0 < noise["ci_high"] and noise["p_value"] > 0.5
 
 
@@ -195,5 +195,5 @@ def test_cli_evaluates_base_and_adapter_with_real_vllm(tmp_path):
     by = {(it["variant"], it["id"]): it["answer"] for it in result["items"]}
     assert any(by[("base", i)] != by[("rand", i)] for _, i in by)
     assert result["comparisons"]["rand"]["stopped"]["test"] == "McNemar (exact)"
-    rejects = io.read_jsonl(out.with_suffix(".rejects.jsonl"))
+    rejects = io.read_jsonl(out.parent / "rejects" / "evaluate.jsonl")  # dataset.rejects_file
     assert [r["id"] for r in rejects] == ["broken"]

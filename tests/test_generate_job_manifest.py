@@ -2,7 +2,7 @@
 
 import re
 
-from helpers import cli, manifests
+from helpers import cli, generation, manifests
 
 JOB_FILE = manifests.MANIFEST_DIR / "jobs" / "generate-indexed-job.yaml"
 
@@ -41,7 +41,7 @@ def test_cli_accepts_the_pod_arguments():
     container = job["spec"]["template"]["spec"]["containers"][0]
     argv = container["command"][3:] + [re.sub(r"\$\(JOB_COMPLETION_INDEX\)", "2", a) for a in container["args"]]
     args = cli.build_parser().parse_args(argv)
-    assert args.func is cli.cmd_generate and args.shard == "2/4" and args.resume
+    assert args.func is generation.cmd_generate and args.shard == "2/4" and args.resume
 
 
 def test_every_dataset_step_has_help(capsys):

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from helpers import chunking, generation, io, prompts
+from helpers.profiles import load_profile
 
 
 # --------------------------------------------------------------------------- validation (no engine)
@@ -34,12 +35,10 @@ def test_schema_per_type():
 
 
 def test_string_lengths_are_bounded_in_the_grammar_only_where_the_profile_says_so():
-    from helpers import dataset
-
-    mini, h100 = dataset.settings("mini"), dataset.settings("h100")
+    mini, h100 = load_profile("mini").dataset, load_profile("h100").dataset
     bounded = generation.schema("factual", mini)["properties"]
-    assert bounded["question"]["maxLength"] == mini["question_max_chars"]
-    assert bounded["answer"]["maxLength"] == mini["answer_max_chars"]
+    assert bounded["question"]["maxLength"] == mini.question_max_chars
+    assert bounded["answer"]["maxLength"] == mini.answer_max_chars
     free = generation.schema("factual", h100)["properties"]
     assert "maxLength" not in free["question"] and "maxLength" not in free["answer"]
     assert free["question"]["minLength"] == 10  # the lower bound stays in the grammar everywhere
@@ -88,7 +87,7 @@ def test_progress_file_drops_a_line_cut_by_kill(tmp_path):
 def llm():
     from helpers import inference
 
-    engine = generation.make_generator("mini")
+    engine = generation.make_generator(load_profile("mini"))
     yield engine
     inference.shutdown(engine)
 
@@ -96,13 +95,13 @@ def llm():
 @pytest.fixture(scope="module")
 def chunks_file(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("chunks")
-    chunking.chunk_corpus("data/corpus", tmp / "chunks.jsonl", tmp / "rejects.jsonl", "mini", progress=False)
+    chunking.chunk_corpus("data/corpus", tmp / "chunks.jsonl", tmp / "rejects.jsonl", load_profile("mini"), progress=False)
     return tmp / "chunks.jsonl"
 
 
 def test_every_request_becomes_a_record_or_a_reject(llm, chunks_file, tmp_path):
     out, rej = tmp_path / "gen.jsonl", tmp_path / "rej.jsonl"
-    summary = generation.generate_file(chunks_file, out, rej, "mini", limit=3, llm=llm, progress=False,
+    summary = generation.generate_file(chunks_file, out, rej, load_profile("mini"), limit=3, llm=llm, progress=False,
                                        max_tokens=48)
     records, rejects = io.read_jsonl(out), io.read_jsonl(rej)
     assert summary["requests"] == 12 == len(records) + len(rejects)
@@ -118,7 +117,7 @@ def test_every_request_becomes_a_record_or_a_reject(llm, chunks_file, tmp_path):
 
 
 def test_too_few_tokens_make_real_truncation_rejects(llm, chunks_file, tmp_path):
-    summary = generation.generate_file(chunks_file, tmp_path / "g.jsonl", tmp_path / "r.jsonl", "mini", limit=1,
+    summary = generation.generate_file(chunks_file, tmp_path / "g.jsonl", tmp_path / "r.jsonl", load_profile("mini"), limit=1,
                                        llm=llm, progress=False, max_tokens=4)
     rejects = io.read_jsonl(tmp_path / "r.jsonl")
     assert summary["records"] == 0 and len(rejects) == 4
@@ -130,7 +129,7 @@ def test_leftover_progress_needs_resume_and_same_settings(llm, chunks_file, tmp_
     prog = generation.progress_path(out)
     prog.write_text(json.dumps({"header": {"limit": 99}}) + "\n")
     with pytest.raises(generation.GenerationError, match="--resume"):
-        generation.generate_file(chunks_file, out, tmp_path / "r.jsonl", "mini", limit=1, llm=llm, progress=False)
+        generation.generate_file(chunks_file, out, tmp_path / "r.jsonl", load_profile("mini"), limit=1, llm=llm, progress=False)
     with pytest.raises(generation.GenerationError, match="other settings"):
-        generation.generate_file(chunks_file, out, tmp_path / "r.jsonl", "mini", limit=1, llm=llm, progress=False,
+        generation.generate_file(chunks_file, out, tmp_path / "r.jsonl", load_profile("mini"), limit=1, llm=llm, progress=False,
                                  resume=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import chunking, generation
+from helpers.profiles import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = ["--profile", "mini", "--limit", "6", "--unit-chunks", "1", "--max-tokens", "24", "--no-progress"]
@@ -34,7 +35,7 @@ def _run(cmd):
 @pytest.fixture(scope="module")
 def chunks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("chunks")
-    chunking.chunk_corpus("data/corpus", tmp / "chunks.jsonl", tmp / "rejects.jsonl", "mini", progress=False)
+    chunking.chunk_corpus("data/corpus", tmp / "chunks.jsonl", tmp / "rejects.jsonl", load_profile("mini"), progress=False)
     return tmp / "chunks.jsonl"
 
 

@@ -43,8 +43,8 @@ def test_inference_advice_names_the_profile_keys_with_their_values():
     err = gpumem.translate(ValueError("No available memory for the cache blocks."), gpumem.inference_advice(t4))
     text = str(err)
     assert isinstance(err, gpumem.GPUMemoryError) and text.startswith("ValueError: No available memory")
-    assert "profile 't4'" in text and f"`vllm.max_model_len` (now {t4.vllm['max_model_len']})" in text
-    assert f"`vllm.gpu_memory_utilization` (now {t4.vllm['gpu_memory_utilization']})" in text
+    assert "profile 't4'" in text and f"`vllm.max_model_len` (now {t4.vllm.max_model_len})" in text
+    assert f"`vllm.gpu_memory_utilization` (now {t4.vllm.gpu_memory_utilization})" in text
     assert "nvidia-smi" in text and "quantization now awq" in text
 
 
@@ -56,7 +56,7 @@ def test_cpu_advice_points_at_the_kv_cache_setting():
 def test_training_advice_keeps_the_effective_batch_and_mentions_resume():
     l4 = load_profile("l4")
     text = str(gpumem.translate(torch.OutOfMemoryError("CUDA out of memory."), gpumem.training_advice(l4)))
-    assert f"`train.batch_size` (now {l4.train['batch_size']})" in text and "`train.grad_accum`" in text
+    assert f"`train.batch_size` (now {l4.train.batch_size})" in text and "`train.grad_accum`" in text
     assert "`train.gradient_checkpointing`" in text and "--resume" in text
 
 
@@ -88,9 +88,10 @@ def _run(code: str) -> subprocess.CompletedProcess:
 def test_a_7b_model_in_a_small_vllm_share_fails_with_the_settings_to_change(tmp_path):
     proc = _run(f"""
         from helpers import bench_gpu, inference, gpumem
+        from helpers.profiles import load_profile
         model = bench_gpu.make_model_dir({str(tmp_path / "m")!r})  # 7B shape, weights filled by vLLM's dummy loader
         try:
-            inference.make_llm("gpu-smoke", model=str(model), load_format="dummy", gpu_memory_utilization=0.05)
+            inference.make_llm(load_profile("gpu-smoke"), model=str(model), load_format="dummy", gpu_memory_utilization=0.05)
         except gpumem.GPUMemoryError as exc:
             print("GPUMEMORYERROR", exc)
         """)
@@ -103,10 +104,11 @@ def test_training_out_of_gpu_memory_names_batch_size_and_checkpointing(tmp_path)
     proc = _run(f"""
         import torch
         from helpers import gold, gpumem, training
+        from helpers.profiles import load_profile
         free, _ = torch.cuda.mem_get_info()
         hog = torch.empty(free - 8 * 2**20, dtype=torch.uint8, device="cuda")  # leave the run ~8 MB
         try:
-            training.train("gpu-smoke", gold.load_qa()[:16], None, {str(tmp_path / "a")!r}, max_steps=2,
+            training.train(load_profile("gpu-smoke"), gold.load_qa()[:16], None, {str(tmp_path / "a")!r}, max_steps=2,
                            progress=False)
         except gpumem.GPUMemoryError as exc:
             print("GPUMEMORYERROR", exc)

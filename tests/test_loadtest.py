@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from helpers import loadtest, serve
+from helpers.profiles import load_profile
 
 
 def _rec(model, latency, ok=True, tokens=10, ttft=None, wall=10.0):
@@ -33,7 +34,7 @@ def test_summary_per_adapter_counts_errors_and_excludes_them_from_latency():
 
 
 def test_load_test_is_bounded_and_checks_names_before_sending(tmp_path):
-    server = serve.VLLMServer("mini", adapters={"fixed": str(tmp_path)}, log_path=tmp_path / "log")
+    server = serve.VLLMServer(load_profile("mini"), adapters={"fixed": str(tmp_path)}, log_path=tmp_path / "log")
     conv = [[{"role": "user", "content": "Hallo"}]]
     with pytest.raises(loadtest.LoadTestError, match="n_requests must be between 1 and"):
         loadtest.run(server, conv, n_requests=loadtest.MAX_REQUESTS + 1)
@@ -45,7 +46,7 @@ def test_load_test_is_bounded_and_checks_names_before_sending(tmp_path):
 
 def test_failed_requests_are_recorded_not_retried_or_raised(tmp_path):
     """A server that is not there (connection refused on a free port): every request is recorded as failed."""
-    server = serve.VLLMServer("mini", port=serve.free_port(), log_path=tmp_path / "log")
+    server = serve.VLLMServer(load_profile("mini"), port=serve.free_port(), log_path=tmp_path / "log")
     records = loadtest.run(server, [[{"role": "user", "content": "Hallo"}]], n_requests=3, concurrency=2,
                            timeout=5, progress=False)
     assert len(records) == 3 and not any(r["ok"] for r in records)

@@ -99,9 +99,9 @@ def test_rank_above_max_lora_rank_is_refused_before_the_engine_starts(tmp_path):
     big = adapters.random_adapter(tmp_path / "r32", r=32)
     with pytest.raises(adapters.AdapterError, match=r"rank 32, but profile 'mini' serves LoRA up to "
                                                     r"max_lora_rank=16.*vLLM accepts 32"):
-        adapters.check_adapter("big", big, "mini")
+        adapters.check_adapter("big", big, load_profile("mini"))
     with pytest.raises(adapters.AdapterError, match="rank 32"):
-        adapters.make_lora_llm("mini", {"big": big})
+        adapters.make_lora_llm(load_profile("mini"), {"big": big})
 
 
 def test_adapter_of_another_base_model_is_named(tmp_path):
@@ -115,21 +115,21 @@ def test_adapter_of_another_base_model_is_named(tmp_path):
     MistralForCausalLM(cfg).save_pretrained(other)
     foreign = adapters.random_adapter(tmp_path / "foreign", model_dir=str(other), r=8)
     with pytest.raises(ValueError, match="does not match the base model(.|\n)*trained on '.*other-model'"):
-        adapters.check_adapter("foreign", foreign, "mini")
+        adapters.check_adapter("foreign", foreign, load_profile("mini"))
 
 
 def test_not_an_adapter_and_reserved_names(tmp_path):
     with pytest.raises(adapters.AdapterError, match="has no adapter_config.json"):
-        adapters.check_adapter("x", tmp_path, "mini")
+        adapters.check_adapter("x", tmp_path, load_profile("mini"))
     with pytest.raises(adapters.AdapterError, match="'base' is reserved"):
-        adapters.check_all({"base": tmp_path}, "mini")
+        adapters.check_all({"base": tmp_path}, load_profile("mini"))
 
 
 def test_lora_server_reports_a_busy_port_before_starting(adapter_dirs, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen(1)
-        server = adapters.lora_server("mini", adapter_dirs, port=sock.getsockname()[1], log_path=tmp_path / "l")
+        server = serve.lora_server(load_profile("mini"), adapter_dirs, port=sock.getsockname()[1], log_path=tmp_path / "l")
         with pytest.raises(serve.PortBusyError, match="already in use"):
             server.start()
         assert server.process is None
@@ -158,7 +158,7 @@ def test_bounded_load_test_and_per_adapter_metrics(lora_server, conversations):
     metrics = serve.parse_metrics(lora_server.metrics_text())
     info = serve.lora_info(metrics)
     assert {"a", "b"} <= set(info["adapter"])
-    assert info["max_loras"].iloc[0] == str(load_profile("mini").vllm["max_loras"])
+    assert info["max_loras"].iloc[0] == str(load_profile("mini").vllm.max_loras)
     assert serve.metric_total(metrics, "vllm:request_success", "_total") >= 6
     per_model = serve.per_model(metrics)
     assert list(per_model["model_name"]) == ["kurs-mini"]  # vLLM labels requests by base model only

@@ -3,6 +3,7 @@ import copy
 import pytest
 
 from helpers import manifests
+from helpers.profiles import load_profile
 
 
 @pytest.mark.parametrize("target", manifests.targets())
@@ -50,3 +51,19 @@ def test_schema_validation_rejects_a_typo():
     dep["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
     with pytest.raises(Exception, match="imagePullPolicyy"):
         manifests.validate(dep)
+
+
+@pytest.mark.parametrize("target", sorted(manifests.PROFILE_OF))
+def test_each_target_deploys_the_engine_of_the_profile_it_mirrors(target):
+    assert manifests.profile_mismatches(manifests.render(target), load_profile(manifests.PROFILE_OF[target])) == []
+
+
+def test_a_planted_flag_mismatch_is_reported():
+    docs = copy.deepcopy(manifests.render("t4"))
+    args = _deployment(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
+    args[args.index("--max-num-seqs=32")] = "--max-num-seqs=256"
+    args.remove("--quantization=awq")
+    problems = "\n".join(manifests.profile_mismatches(docs, load_profile("t4")))
+    assert "--max-num-seqs: deployed '256', profile 't4' gives '32'" in problems
+    assert "--quantization: deployed None, profile 't4' gives 'awq'" in problems
+    assert manifests.profile_mismatches(manifests.render("lora"), load_profile("t4"))  # another profile differs

@@ -3,6 +3,7 @@
 import pytest
 
 from helpers import gold, prompts, qc
+from helpers.profiles import load_profile
 
 CONTEXT = ("Bei einer P1-Störung meldet sich die IT spätestens nach 30 Minuten. Das Lösungsziel liegt bei "
            "4 Stunden. Tickets werden im Portal „DMT-Service“ angelegt.")
@@ -68,6 +69,6 @@ def test_qc_file_writes_both_files(tmp_path):
     from helpers import io
 
     io.write_jsonl(tmp_path / "in.jsonl", [_rec(), _rec(id="x", answer="Nach 99 Minuten.")])
-    summary = qc.qc_file(tmp_path / "in.jsonl", tmp_path / "ok.jsonl", tmp_path / "rej.jsonl")
+    summary = qc.qc_file(tmp_path / "in.jsonl", tmp_path / "ok.jsonl", tmp_path / "rej.jsonl", load_profile("mini"))
     assert summary == {"input": 2, "accepted": 1, "rejected": 1, "reasons": {"ungrounded_number": 1}}
     assert io.read_jsonl(tmp_path / "rej.jsonl")[0]["id"] == "x"

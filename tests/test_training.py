@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import diagnose, io, paths, prompts, split, tracking, training
+from helpers import adapters, diagnose, io, labels, paths, prompts, split, tracking, training
 from helpers.profiles import ProfileError, load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ def profile():
 def tok(profile):
     from helpers import models
 
-    return training.load_tokenizer(models.resolve(profile, "train_model"))
+    return labels.load_tokenizer(models.resolve(profile, "train_model"))
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +36,12 @@ def gold():
 # --------------------------------------------------------------------------- labels
 def test_labels_cover_exactly_the_answer_and_eos(tok, gold):
     rec = gold[0][0]
-    enc = training.encode(tok, rec, 512)
+    enc = labels.encode(tok, rec, 512)
     prompt = tok.apply_chat_template(prompts.qa_messages(rec["question"], rec["context"]), tokenize=False,
                                      add_generation_prompt=True)
     n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
     assert enc["input_ids"][:n_prompt] == tok(prompt, add_special_tokens=False)["input_ids"]
-    assert all(x == training.IGNORE_INDEX for x in enc["labels"][:n_prompt])
+    assert all(x == labels.IGNORE_INDEX for x in enc["labels"][:n_prompt])
     answer = enc["labels"][n_prompt:]
     assert answer[-1] == tok.eos_token_id and enc["input_ids"][-1] == tok.eos_token_id
     assert tok.decode(answer[:-1]).strip() == rec["answer"].strip()
@@ -53,19 +53,19 @@ def test_pad_token_is_distinct_from_eos_unless_asked(profile):
     from helpers import models
 
     model_dir = models.resolve(profile, "train_model")
-    good = training.load_tokenizer(model_dir)
-    bad = training.load_tokenizer(model_dir, pad_as_eos=True)
+    good = labels.load_tokenizer(model_dir)
+    bad = labels.load_tokenizer(model_dir, pad_as_eos=True)
     assert good.pad_token_id != good.eos_token_id
     assert bad.pad_token_id == bad.eos_token_id
 
 
 def test_completion_collator_keeps_eos_and_masks_padding(tok, gold):
-    feats = training.encode_records(tok, gold[0][:4], 512)
-    batch = training.make_collator(tok, "completion")(feats)
+    feats = labels.encode_records(tok, gold[0][:4], 512)
+    batch = labels.make_collator(tok, "completion")(feats)
     for row, f in enumerate(feats):
         n = len(f["input_ids"])
         assert batch["labels"][row][n - 1].item() == tok.eos_token_id
-        assert (batch["labels"][row][n:] == training.IGNORE_INDEX).all()
+        assert (batch["labels"][row][n:] == labels.IGNORE_INDEX).all()
         assert (batch["input_ids"][row][n:] == tok.pad_token_id).all()
         assert batch["attention_mask"][row][:n].all() and not batch["attention_mask"][row][n:].any()
 
@@ -73,9 +73,9 @@ def test_completion_collator_keeps_eos_and_masks_padding(tok, gold):
 def test_lm_collator_with_pad_as_eos_masks_every_eos(profile, gold):
     from helpers import models
 
-    bad_tok = training.load_tokenizer(models.resolve(profile, "train_model"), pad_as_eos=True)
-    feats = training.encode_records(bad_tok, gold[0][:4], 512)
-    batch = training.make_collator(bad_tok, "lm")(feats)
+    bad_tok = labels.load_tokenizer(models.resolve(profile, "train_model"), pad_as_eos=True)
+    feats = labels.encode_records(bad_tok, gold[0][:4], 512)
+    batch = labels.make_collator(bad_tok, "lm")(feats)
     assert not (batch["labels"] == bad_tok.eos_token_id).any()
     assert (batch["input_ids"] == bad_tok.eos_token_id).sum() >= 4  # EOS is in the input, just not in the labels
 
@@ -85,20 +85,20 @@ def test_too_long_examples_are_rejected_not_truncated(tok, gold, tmp_path):
     long_rec = {**recs[0], "id": "long", "context": "Wort " * 800}
     rejects = tmp_path / "rejects.jsonl"
     with pytest.warns(UserWarning, match="longer than max_length"):
-        enc = training.encode_records(tok, recs + [long_rec], 256, rejects)
+        enc = labels.encode_records(tok, recs + [long_rec], 256, rejects)
     assert len(enc) == 3 and all(e["labels"][-1] == tok.eos_token_id for e in enc)
     lines = io.read_jsonl(rejects)
     assert [l["id"] for l in lines] == ["long"] and lines[0]["reason"].startswith("too_long")
     assert lines[0]["stage"] == "encode"
     with pytest.raises(training.TrainingDataError, match="max_length"):
-        training.encode_records(tok, [long_rec], 256)
+        labels.encode_records(tok, [long_rec], 256)
 
 
 def test_template_without_eos_is_refused(tok, gold):
-    broken = training.load_tokenizer(str(Path(tok.name_or_path)))
+    broken = labels.load_tokenizer(str(Path(tok.name_or_path)))
     broken.chat_template = broken.chat_template.replace("+ eos_token ", "")
-    with pytest.raises(training.TemplateError, match="EOS"):
-        training.encode(broken, gold[0][0], 512)
+    with pytest.raises(labels.TemplateError, match="EOS"):
+        labels.encode(broken, gold[0][0], 512)
 
 
 # --------------------------------------------------------------------------- bad files
@@ -142,7 +142,7 @@ def test_gpu_profile_without_gpu_is_refused(gold, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(ProfileError, match="needs an NVIDIA GPU"):
-        training.train("l4", gold[0][:4], None, tmp_path / "a")
+        training.train(load_profile("l4"), gold[0][:4], None, tmp_path / "a")
 
 
 # --------------------------------------------------------------------------- diagnose
@@ -205,7 +205,7 @@ def test_training_saves_an_adapter_with_its_record(tiny_run, profile):
     work, result = tiny_run
     adapter = result.adapter_dir
     config = json.loads((adapter / "adapter_config.json").read_text())
-    assert config["r"] == profile.lora["r"] <= profile.vllm["max_lora_rank"]
+    assert config["r"] == profile.lora.r <= profile.vllm.max_lora_rank
     assert {"q_proj", "v_proj", "down_proj"} <= set(config["target_modules"])
     info = training.adapter_info(adapter)
     assert info["pad_token_id"] != info["eos_token_id"] and info["collator"] == "completion"
@@ -270,17 +270,17 @@ def test_adapter_for_another_base_model_is_refused(tmp_path, tiny_run, profile):
                                              head_dim=64))
     peft_model = get_peft_model(other, LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     peft_model.save_pretrained(tmp_path / "other")
-    with pytest.raises(training.AdapterMismatchError, match="does not match the base model"):
-        training.check_adapter(tmp_path / "other", models.resolve(profile))
-    with pytest.raises(training.AdapterMismatchError, match="not a LoRA adapter"):
-        training.lora_request("x", tmp_path, profile)
-    assert training.check_adapter(tiny_run[1].adapter_dir, models.resolve(profile))["r"] == 16
+    with pytest.raises(adapters.AdapterError, match="does not match the base model"):
+        adapters.check_shapes(tmp_path / "other", models.resolve(profile))
+    with pytest.raises(adapters.AdapterError, match="not a LoRA adapter"):
+        adapters.lora_request("x", tmp_path, profile)
+    assert adapters.check_shapes(tiny_run[1].adapter_dir, models.resolve(profile))["r"] == 16
 
 
 def test_rank_above_vllm_limit_is_refused(profile):
     import dataclasses
 
-    big = dataclasses.replace(profile, lora={**profile.lora, "r": 64})
+    big = dataclasses.replace(profile, lora=dataclasses.replace(profile.lora, r=64))
     with pytest.raises(ValueError, match="max_lora_rank"):
         training.lora_config(big)
 
@@ -289,7 +289,7 @@ def test_saved_adapter_loads_in_vllm_with_lorarequest(tiny_run, profile, gold):
     from helpers import inference
 
     _, result = tiny_run
-    request = training.lora_request("tiny", result.adapter_dir, profile)
+    request = adapters.lora_request("tiny", result.adapter_dir, profile)
     llm = inference.make_llm(profile, enable_lora=True)
     try:
         batch = diagnose.eval_prompts(llm, gold[1][:2])
