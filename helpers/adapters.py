@@ -78,6 +78,13 @@ def check_adapter(name: str, adapter_dir: str | Path, profile: Profile, model_di
             f"max_lora_rank={max_rank}. Raise vllm.max_lora_rank in helpers/profiles.yaml (vLLM accepts "
             f"{', '.join(map(str, allowed[:3]))}, ...; a higher maximum costs memory in every adapter slot) or "
             "retrain the adapter with a smaller r.")
+    trained_on = _trained_on(adapter_dir)
+    if trained_on and trained_on != profile.serving_base:
+        raise AdapterError(
+            f"Adapter '{name}' ({adapter_dir}) was trained on '{trained_on}', but profile '{profile.name}' serves "
+            f"'{profile.model}' (base '{profile.serving_base}'). A LoRA adapter is a delta on the weights it was "
+            "trained on; served on other weights it computes nonsense. Serve the training base (profile `model` / "
+            "`base_model`, see docs/modelle-offline.md) or retrain the adapter on the served base.")
     model_dir = model_dir or inference.model_dir(profile)
     check_shapes(adapter_dir, model_dir)  # shapes vs. the served model: names the other base model
     base_name = config.get("base_model_name_or_path") or "(not recorded)"
@@ -89,6 +96,17 @@ def check_adapter(name: str, adapter_dir: str | Path, profile: Profile, model_di
     return {"adapter": name, "path": str(adapter_dir), "rank": rank, "alpha": config.get("lora_alpha"),
             "size_kb": round(size / 1024), "base_model": base_name,
             "modules": ", ".join(sorted(modules)) if isinstance(modules, list) else str(modules)}
+
+
+def _trained_on(adapter_dir: Path) -> str | None:
+    """The profile model id the course's training recorded for this adapter (None for foreign adapters)."""
+    path = adapter_dir / "training_info.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("base_model_id")
+    except json.JSONDecodeError:
+        return None
 
 
 def check_all(adapters: dict[str, str | Path], profile: Profile,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import inference, models, prompts, training
+from . import chatformat, inference, models, prompts, training
 from .adapters import lora_request
 from .labels import IGNORE_INDEX, encode_each, load_tokenizer, make_collator
 from .profiles import Profile
@@ -28,7 +28,7 @@ def inspect_setup(profile: Profile, records: list[dict], pad_as_eos: bool = Fals
     tok = load_tokenizer(model_dir, pad_as_eos=pad_as_eos)
     max_length = max_length or profile.train.max_length
     batch_size = batch_size or profile.train.batch_size
-    sample_text = tok.apply_chat_template(prompts.qa_messages("F?", "K.", "A."), tokenize=False)
+    sample_text = chatformat.render(tok, prompts.qa_messages("F?", "K.", "A."), add_generation_prompt=False)
     encoded, rejected = encode_each(tok, records, max_length)
     too_long = [{"id": rec.get("id"), "reason": reason} for rec, reason in rejected]
     collate = make_collator(tok, collator)
@@ -54,8 +54,8 @@ def inspect_setup(profile: Profile, records: list[dict], pad_as_eos: bool = Fals
         "profile": profile.name, "collator": collator, "pad_as_eos": pad_as_eos,
         "pad_token": tok.pad_token, "pad_token_id": tok.pad_token_id,
         "eos_token": tok.eos_token, "eos_token_id": eos, "pad_equals_eos": tok.pad_token_id == eos,
-        "template_has_system_prompt": prompts.SYSTEM_PROMPT[:20] in
-        tok.apply_chat_template(prompts.qa_messages("F?", "K."), tokenize=False, add_generation_prompt=True),
+        "template_has_system_prompt": prompts.SYSTEM_PROMPT[:20] in chatformat.render(tok, prompts.qa_messages("F?", "K.")),
+        "chat_template": getattr(tok, "course_template", "tokenizer"),
         "template_ends_answer_with_eos": f"A.{tok.eos_token}" in sample_text,
         "examples": n_ex, "records": len(records), "truncated_answers": len(too_long), "too_long": too_long[:5],
         "examples_with_eos_in_labels": examples_with_eos,

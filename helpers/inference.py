@@ -97,8 +97,11 @@ def engine_facts(llm) -> dict[str, Any]:
 
 def chat_prompts(llm_or_tokenizer, conversations: Sequence[list[dict]]) -> list[str]:
     """Render conversations with the tokenizer's chat template (the same template `vllm serve` uses)."""
+    from . import chatformat
+
     tok = llm_or_tokenizer.get_tokenizer() if hasattr(llm_or_tokenizer, "get_tokenizer") else llm_or_tokenizer
-    return [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    chatformat.ensure_template(tok)       # a base model without template: the course's [INST] template
+    return [chatformat.render(tok, c) for c in conversations]   # system folded where the template rejects it
 
 
 def sampling_params(profile: Profile, **overrides: Any):

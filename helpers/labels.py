@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from . import io, prompts
+from . import chatformat, io, prompts
 from .errors import HelpersError
 
 IGNORE_INDEX = -100
@@ -32,13 +32,19 @@ class TemplateError(HelpersError, ValueError):
 
 
 def load_tokenizer(model_dir: str, pad_as_eos: bool = False):
-    """The base model's tokenizer with a pad token distinct from EOS (or, for the experiment, pad = eos)."""
+    """The base model's tokenizer with a chat template and a pad token distinct from EOS (or, for the experiment,
+    pad = eos).
+
+    A base model without a chat template (Mistral-7B-v0.1) gets the course's ``[INST]`` template
+    (``chatformat.ensure_template``), the same text ``vllm serve`` receives via ``--chat-template``.
+    """
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    if tok.chat_template is None:
-        raise TemplateError(f"The tokenizer in {model_dir} has no chat template; training, vLLM and `vllm serve` "
-                            "need the same one. Add `chat_template` to its tokenizer_config.json.")
+    try:
+        tok.course_template = chatformat.ensure_template(tok, str(model_dir))
+    except chatformat.ChatFormatError as exc:
+        raise TemplateError(str(exc)) from exc
     if pad_as_eos:
         tok.pad_token = tok.eos_token  # the pad_token bug, reproduced on purpose (notebook 05.3)
     elif tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
@@ -62,10 +68,10 @@ def encode(tokenizer, record: dict, max_length: int) -> dict:
     ``reason``) when the example does not fit ``max_length`` -- it is never silently truncated.
     """
     context = record.get("context")
-    prompt_text = tokenizer.apply_chat_template(prompts.qa_messages(record["question"], context),
-                                                tokenize=False, add_generation_prompt=True)
-    full_text = tokenizer.apply_chat_template(prompts.qa_messages(record["question"], context, record["answer"]),
-                                              tokenize=False)
+    # system text folded into the first user turn where the template rejects the system role
+    prompt_text = chatformat.render(tokenizer, prompts.qa_messages(record["question"], context))
+    full_text = chatformat.render(tokenizer, prompts.qa_messages(record["question"], context, record["answer"]),
+                                  add_generation_prompt=False)
     prompt_ids, full_ids = _ids(tokenizer, prompt_text), _ids(tokenizer, full_text)
     if full_ids[:len(prompt_ids)] != prompt_ids:
         raise TemplateError("The tokenized prompt (add_generation_prompt=True) is not a prefix of the tokenized "

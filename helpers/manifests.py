@@ -172,8 +172,12 @@ def profile_mismatches(docs: list[dict], profile) -> list[str]:
     dep = next(d for d in docs if d["kind"] == "Deployment")
     deployed = flag_values(dep["spec"]["template"]["spec"]["containers"][0].get("args", []))
     expected = flag_values(engine_flags(profile, enable_lora=bool(deployed.get("enable-lora"))))
-    return [f"--{flag}: deployed {deployed.get(flag)!r}, profile '{profile.name}' gives {expected.get(flag)!r}"
-            for flag in PROFILE_FLAGS if not _same(deployed.get(flag), expected.get(flag))]
+    found = [f"--{flag}: deployed {deployed.get(flag)!r}, profile '{profile.name}' gives {expected.get(flag)!r}"
+             for flag in PROFILE_FLAGS if not _same(deployed.get(flag), expected.get(flag))]
+    if ("chat-template" in deployed) != ("chat-template" in expected):   # the path differs; presence must not
+        found.append(f"--chat-template: deployed {deployed.get('chat-template')!r}, profile '{profile.name}' "
+                     f"{'needs the course template' if 'chat-template' in expected else 'ships its own template'}")
+    return found
 
 
 def deployment_args(target: str = "lora") -> list[str]:

@@ -42,12 +42,16 @@ def add_cli(sub, profile: Profile) -> None:
     from . import kursmini
     from .cliargs import profile_arg
 
-    p = sub.add_parser("model", help="build or locate the profile's model (Kurs-Mini on CPU)")
-    p.add_argument("action", choices=["build", "path", "info"])
+    p = sub.add_parser("model", help="build, locate or check the profile's model (Kurs-Mini on CPU)")
+    p.add_argument("action", choices=["build", "path", "info", "check", "testmodel"],
+                   help="check: is everything the profile needs here (models, chat template, same base)? "
+                        "testmodel: write a Mistral-shaped test model (real tokenizer, random weights)")
     profile_arg(p, profile)
     p.add_argument("--corpus", default=None, help="corpus directory (default data/corpus)")
     p.add_argument("--output", default=None, help="model directory (default models/kurs-mini)")
     p.add_argument("--steps", type=int, default=kursmini.BuildConfig.steps, help="pretraining steps (default %(default)s)")
+    p.add_argument("--shape", default="tiny", choices=["tiny", "7b"], help="testmodel: tiny (CPU tests) or 7b")
+    p.add_argument("--dtype", default="bfloat16", help="testmodel: weight dtype (default %(default)s)")
     p.set_defaults(func=cmd_model)
 
 
@@ -63,6 +67,21 @@ def cmd_model(args) -> int:
         print(f"Kurs-Mini built in {path}: {info['parameters']:,} parameters, {info['documents']} documents, "
               f"{info['corpus_tokens']:,} tokens, loss {info['loss_first']:.2f} -> {info['loss_last']:.2f}, "
               f"{info['seconds']:.0f} s")
+    elif args.action == "check":
+        from . import modelcheck
+
+        findings = modelcheck.check(args.profile)
+        print(f"profile '{args.profile.name}':")
+        print(modelcheck.table(findings))
+        return 0 if all(f.ok for f in findings) else 1
+    elif args.action == "testmodel":
+        from . import testmodel
+
+        if not args.output:
+            print("error: testmodel needs --output DIR", file=sys.stderr)
+            return 2
+        path = testmodel.build(args.output, shape=args.shape, dtype=args.dtype)
+        print(f"Mistral-shaped test model ({args.shape}, random weights, real tokenizer) in {path}")
     elif args.action == "path":
         print(resolve(args.profile))
     elif args.action == "info":

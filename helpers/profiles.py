@@ -138,10 +138,20 @@ class Profile:
     server: ServerSettings = field(default_factory=ServerSettings)
     dataset: DatasetSettings = field(default_factory=DatasetSettings)
     train_dtype: str | None = None     # None: the same as dtype
+    base_model: str | None = None      # the base the serving weights derive from (e.g. an AWQ export); None: model
+    chat_template: str | None = None   # "course-inst": a base model without template gets the course's [INST] one
+
+    @property
+    def serving_base(self) -> str:
+        """The model an adapter must have been trained on to be served by this profile."""
+        return self.base_model or self.model
 
     def __post_init__(self):
         if self.train_dtype is None:
             object.__setattr__(self, "train_dtype", self.dtype)
+        if self.chat_template not in (None, "course-inst"):
+            raise ProfileError(f"Profile '{self.name}': chat_template must be `course-inst` (the course's [INST] "
+                               f"template for base models) or left out, not {self.chat_template!r}.")
 
     @property
     def uses_kurs_mini(self) -> bool:

@@ -15,13 +15,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from . import gpumem, inference, paths, sovereign
+from . import chatformat, gpumem, inference, paths, sovereign
 from .profiles import Profile
 from .errors import HelpersError
 
@@ -61,9 +62,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-def engine_flags(profile: Profile, enable_lora: bool = False) -> list[str]:
+def engine_flags(profile: Profile, enable_lora: bool = False, chat_template: str | None = None) -> list[str]:
     """The profile's engine settings as ``vllm serve`` flags: what ``helpers serve`` passes, and what the
-    Kubernetes manifests must deploy for the profile they mirror (``manifests.profile_mismatches``)."""
+    Kubernetes manifests must deploy for the profile they mirror (``manifests.profile_mismatches``).
+
+    A profile with ``chat_template: course-inst`` (a base model without template) adds ``--chat-template``
+    with the course's ``[INST]`` template file (``chat_template``: its path; default the manifests' mount).
+    """
     kw = inference.engine_kwargs(profile, model="-", enable_lora=enable_lora)
     flags = ["--dtype", kw["dtype"], "--max-model-len", str(kw["max_model_len"]),
              "--max-num-seqs", str(kw["max_num_seqs"]), "--seed", str(kw["seed"])]
@@ -75,6 +80,8 @@ def engine_flags(profile: Profile, enable_lora: bool = False) -> list[str]:
         flags += ["--quantization", kw["quantization"]]
     if enable_lora:
         flags += ["--enable-lora", "--max-lora-rank", str(kw["max_lora_rank"]), "--max-loras", str(kw["max_loras"])]
+    if profile.chat_template == chatformat.INST_TEMPLATE_NAME or chat_template:
+        flags += ["--chat-template", chat_template or chatformat.MANIFEST_TEMPLATE_PATH]
     return flags
 
 
@@ -198,6 +205,7 @@ class VLLMServer(LoopbackServer):
         self.served_model_name = served_model_name or (
             "kurs-mini" if self.profile.uses_kurs_mini else self.profile.model)
         self.extra_args = list(extra_args or [])
+        self._fold_system: bool | None = None
 
     @property
     def base_url(self) -> str:
@@ -213,7 +221,10 @@ class VLLMServer(LoopbackServer):
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                "--model", model, "--served-model-name", self.served_model_name,
                "--host", self.host, "--port", str(self.port)]
-        cmd += engine_flags(self.profile, enable_lora=bool(self.adapters))
+        template = None
+        if self.profile.chat_template or chatformat.lacks_template(model):   # a base model: the course's template
+            template = str(chatformat.template_file(Path(tempfile.gettempdir()) / "souveraene-llms"))
+        cmd += engine_flags(self.profile, enable_lora=bool(self.adapters), chat_template=template)
         if self.adapters:
             cmd += ["--lora-modules"] + [f"{name}={path}" for name, path in self.adapters.items()]
         return cmd + self.extra_args
@@ -233,6 +244,17 @@ class VLLMServer(LoopbackServer):
 
         return OpenAI(base_url=self.base_url, api_key="not-needed-on-loopback", timeout=timeout,
                       max_retries=max_retries)
+
+    def prepare_messages(self, messages: list[dict]) -> list[dict]:
+        """Fold the system text into the first user turn if the served template rejects the system role."""
+        if self._fold_system is None:
+            self._fold_system = False
+            model = inference.model_dir(self.profile)
+            if Path(model).is_dir() and not (self.profile.chat_template or chatformat.lacks_template(model)):
+                from transformers import AutoTokenizer
+
+                self._fold_system = not chatformat.accepts_system(AutoTokenizer.from_pretrained(model))
+        return chatformat.fold_system(messages) if self._fold_system else messages
 
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
@@ -284,6 +306,7 @@ def ask(server: VLLMServer, messages: list[dict], max_tokens: int | None = None,
     """One chat request through the ``openai`` client; returns text, finish reason, tokens and latency."""
     client = server.client()
     gen = server.profile.generation
+    messages = server.prepare_messages(messages)
     t0 = time.perf_counter()
     resp = client.chat.completions.create(
         model=model or server.served_model_name, messages=messages,

@@ -231,7 +231,8 @@ def train(profile: Profile, train_records: list[dict], eval_records: list[dict] 
         dataloader_pin_memory=profile.device == "cuda", seed=cfg.seed, disable_tqdm=not progress,
     )
     callbacks = []  # without tqdm the Trainer prints each log line itself
-    run_info = {"profile": profile.name, "base_model": model_dir, "pad_as_eos": pad_as_eos, "collator": collator,
+    run_info = {"profile": profile.name, "base_model": model_dir, "base_model_id": profile.train_model,
+                "chat_template": getattr(tok, "course_template", "tokenizer"), "pad_as_eos": pad_as_eos, "collator": collator,
                 "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "lora_r": profile.lora.r,
                 "lora_alpha": profile.lora.alpha, "target_modules": profile.lora.target_modules,
                 "quantize_4bit": cfg.quantize_4bit, "train_dtype": dtype,

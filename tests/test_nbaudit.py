@@ -1,0 +1,81 @@
+"""The executed-notebook audit: noise lines, dangling references, numbers no cell printed."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+
+from helpers import nbaudit
+
+
+def _nb(tmp_path, cells, name="05.2-test.ipynb"):
+    nb = nbformat.v4.new_notebook()
+    for kind, text, *out in cells:
+        if kind == "md":
+            nb.cells.append(nbformat.v4.new_markdown_cell(text))
+        else:
+            cell = nbformat.v4.new_code_cell(text)
+            if out:
+                cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=out[0])]
+            nb.cells.append(cell)
+    path = tmp_path / name
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.parametrize("token,expected", [
+    ("0,587", {0.587, 587.0}), ("1.800", {1800.0, 1.8}), ("8,912", {8912.0, 8.912}), ("31", {31.0}),
+])
+def test_written_numbers_mean_german_or_english_values(token, expected):
+    assert expected <= nbaudit.values(token)
+
+
+def test_numbers_must_be_printed_above(tmp_path):
+    path = _nb(tmp_path, [
+        ("md", "Vorher behauptet: 0,73 der Antworten."),                       # before the output: unsupported
+        ("code", "print(x)", "stop rate 0.7321\nF1 0.45\n"),
+        ("md", "Die Stop-Rate liegt bei 0,73 (73 %), F1 bei 0,45. Aber 0,99 steht nirgends."),
+    ])
+    found = nbaudit.audit(path)
+    assert [n.split(":")[0] for n in found.numbers] == ["0,73", "0,99"]
+    assert not found.ok
+
+
+def test_small_counts_notebook_ids_headings_and_code_spans_are_not_checked(tmp_path):
+    path = _nb(tmp_path, [("md", "# 05.2 Titel mit 2026\n\nDrei Schritte, 4 Kerne, siehe 05.3, `max_tokens=512`.")])
+    assert nbaudit.audit(path).numbers == []
+
+
+def test_cited_repository_file_supports_its_numbers(tmp_path):
+    path = _nb(tmp_path, [("md", "Laut `data/gold/qa_eval.jsonl` gilt: 30 Minuten."),
+                          ("md", "Ohne Quelle: 30 Minuten.")])
+    found = nbaudit.audit(path)
+    assert len(found.numbers) == 1 and found.numbers[0].startswith("30: Ohne Quelle")
+
+
+def test_missing_notebooks_and_files_are_reported(tmp_path):
+    path = _nb(tmp_path, [("md", "Siehe Notebook 99, Post 10 und `docs/gibt-es-nicht.md`; `docs/benchmarks.md` gibt es.")])
+    assert nbaudit.audit(path).missing == ["Notebook 99", "Notebook 10", "docs/gibt-es-nicht.md"]
+
+
+def test_third_party_log_lines_are_counted(tmp_path):
+    logs = ("INFO 11-30 04:55:12 [llm_engine.py:123] Initializing a V1 LLM engine\n"
+            "WARNING 11-30 04:55:13 [cpu.py:1] something\n"
+            "UserWarning: Attempted to load weight\n"
+            "Kurs-Mini pretraining:  10%|█         | 30/300\n"
+            "Stop-Rate: 0.97 (n=60)\n")
+    path = _nb(tmp_path, [("code", "run()", logs)])
+    found = nbaudit.audit(path)
+    assert len(found.noise) == 4 and "Stop-Rate" not in " ".join(found.noise)
+
+
+def test_profile_settings_count_as_cited(tmp_path):
+    from helpers.profiles import load_profile
+
+    path = _nb(tmp_path, [("md", "Das Profil erlaubt 1024 Tokens Kontext.")])
+    assert nbaudit.audit(path).numbers != []
+    assert nbaudit.audit(path, load_profile("mini")).numbers == []
+
+
+def test_allow_list_sources_contain_their_numbers():
+    assert nbaudit.allow_list_problems() == []
