@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.course-env-stamp
 PROFILE ?= mini
 
-.PHONY: env course test test-fast bench model clean-runs gpu-regression bench-gpu
+.PHONY: env course airgap test test-fast bench model clean-runs gpu-regression bench-gpu
 
 # GPU targets run with the Python of a GPU environment (`pip install -e ".[gpu,dev]"`), not the CPU venv.
 GPU_PYTHON ?= python3
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml requirements/constraints-cpu.txt scripts/setup_env.sh
 
 course: env
 	$(PY) -m helpers course run --profile $(PROFILE)
+
+# the same course inside a network namespace with only loopback: leaving the machine is impossible
+airgap: env
+	$(PY) -m helpers course run --profile $(PROFILE) --airgap
 
 test: env
 	$(PY) -m pytest

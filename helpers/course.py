@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from . import io, paths, sovereign
+from . import io, logs, paths, sovereign
 from .profiles import Profile, load_profile
 from .errors import HelpersError
 
@@ -54,6 +54,7 @@ def start_notebook(nb_id: str, profile: str = "mini", run_dir: str | None = None
     prof = load_profile(profile)
     prof.require_device()
     work = paths.work_dir(run_dir)
+    logs.route(work, f"notebook-{nb_id}")   # engine/trainer logs to <run>/logs, not into the notebook
     ctx = NotebookContext(nb_id=nb_id, profile=prof, work_dir=work)
     existing = metrics_path(work, nb_id)
     if existing.exists():
@@ -256,6 +257,8 @@ def add_cli(sub, profile: Profile) -> None:
     p.add_argument("--only", nargs="+", default=None, help="notebook ids, e.g. 02 05.1")
     p.add_argument("--from", dest="start", default=None, help="resume from this notebook id")
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<timestamp>)")
+    p.add_argument("--airgap", action="store_true",
+                   help="run inside a new network namespace with only loopback (no way out; `make airgap`)")
     progress_arg(p)
     p.set_defaults(func=cmd_course)
 
@@ -268,6 +271,19 @@ def cmd_course(args) -> int:
     if args.action == "report":
         print(write_report(args.run_dir or latest_run_dir()))
         return 0
+    if args.airgap:   # re-run this very command inside a namespace whose only interface is loopback
+        import subprocess
+        import sys
+
+        from . import airgap
+
+        reason = airgap.unavailable_reason()
+        if reason:
+            print(f"error: --airgap is not possible here: {reason}", file=sys.stderr)
+            return 2
+        argv = [a for a in sys.argv[1:] if a != "--airgap"]
+        print("Air-gapped run: a new network namespace with only loopback; nothing can leave this machine.")
+        return subprocess.call(airgap.command([sys.executable, "-m", "helpers", *argv]))
     # papermill passes the profile on by name: each notebook resolves it again at its own edge
     run_dir = run_course(profile=args.profile.name, only=args.only, start=args.start, run_dir=args.run_dir,
                          progress=not args.no_progress)

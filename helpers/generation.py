@@ -88,6 +88,33 @@ def schema(qa_type: str, cfg: DatasetSettings | None = None) -> dict:
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
 
+def token_budget(cfg: DatasetSettings, tokenizer=None) -> int | None:
+    """Output tokens a schema-valid answer may need when the grammar bounds the lengths (``length_in_schema``).
+
+    With ``maxLength`` in the grammar the model may fill each string to its limit, one character per token in the
+    worst case, so ``qa_max_tokens`` must cover question + answer characters plus the JSON around them; otherwise
+    every long output is cut mid-string and lost as ``truncated`` (the mini profile once had 128 tokens for 480
+    characters, and 46 of 48 answerable outputs died at the same character). None when lengths are not bounded.
+    """
+    if not cfg.length_in_schema:
+        return None
+    skeleton = '{"question": "", "answer": ""}'
+    overhead = len(tokenizer(skeleton, add_special_tokens=False)["input_ids"]) if tokenizer is not None else len(skeleton)
+    return cfg.question_max_chars + cfg.answer_max_chars + overhead + 1   # + EOS
+
+
+def check_budget(cfg: DatasetSettings, profile_name: str, max_tokens: int | None = None, tokenizer=None) -> None:
+    """Refuse a length budget that cannot hold a schema-valid answer (a profile bug, not a model failure)."""
+    need = token_budget(cfg, tokenizer)
+    have = max_tokens or cfg.qa_max_tokens
+    if need is not None and have < need:
+        raise GenerationError(
+            f"Profile '{profile_name}': dataset.qa_max_tokens={have} cannot hold an answer the schema allows "
+            f"(question ≤ {cfg.question_max_chars} + answer ≤ {cfg.answer_max_chars} characters need up to {need} "
+            "tokens). Raise dataset.qa_max_tokens, or lower question_max_chars / answer_max_chars in "
+            "helpers/profiles.yaml.")
+
+
 def messages(chunk: dict, qa_type: str) -> list[dict]:
     """The German generation prompt for one chunk and type."""
     section = " > ".join(chunk.get("headings") or []) or chunk.get("title", "")
@@ -290,6 +317,7 @@ def generate_file(chunks_path: str | Path, output: str | Path, rejects_path: str
     chunks = select_chunks(io.read_jsonl(chunks_path), cfg.chunk_min_tokens, limit)
     if not chunks:
         raise GenerationError(f"{chunks_path} has no chunk with ≥ {cfg.chunk_min_tokens} tokens to generate from.")
+    check_budget(cfg, profile.name, max_tokens)
     units = shard_units(work_units(chunks, cfg.unit_chunks), shard_i, shard_n)
     header = {"chunks_sha": _file_sha(chunks_path), "limit": limit, "shard": f"{shard_i}/{shard_n}",
               "model": profile.model, "profile": profile.name, "max_tokens": max_tokens or cfg.qa_max_tokens,

@@ -1,8 +1,15 @@
-"""Kurs-Mini: the course's own small Mistral-architecture model, built from ``data/corpus`` on a CPU.
+"""Kurs-Mini: the course's own small Mistral-architecture model, pretrained on the course's documents.
 
-The base model is pretrained on the plain corpus text with no end-of-sequence token anywhere, so it
-rambles on and never stops after an answer -- the base-model behaviour that fine-tuning with EOS in the
-labels later fixes (and that the pad_token bug prevents). Build: ``python -m helpers model build``.
+What it sees: only PII-scrubbed text (``pii.scrub_documents``) of the documents *outside* the gold eval split
+(and no near-duplicate of an eval document), so no planted personal data and no eval document ever reaches its
+weights (:func:`pretraining_documents`). The base model is pretrained on that plain text with no
+end-of-sequence token anywhere, so it rambles on and never stops after an answer -- the base-model behaviour
+that fine-tuning with EOS in the labels later fixes (and that the pad_token bug prevents).
+
+A built copy is committed in ``assets/kurs-mini`` with ``MANIFEST.json`` (recipe, seed, corpus hash, device,
+final loss, sha256 of every file), so a fresh machine needs no build: :func:`ensure` verifies the checksums and
+refuses a corrupt or truncated file with the rebuild command. ``python -m helpers model build`` reproduces it
+from the same recipe into ``models/kurs-mini`` (which then takes precedence).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import documents, io, paths
+from . import documents, io, paths, pii, split
 from .errors import HelpersError
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -64,6 +71,50 @@ def default_dir() -> Path:
     return paths.models_dir() / "kurs-mini"
 
 
+class KursMiniError(HelpersError, RuntimeError):
+    """The committed Kurs-Mini is corrupt or incomplete; the message names the rebuild command."""
+
+
+REBUILD = "python -m helpers model build"
+NEAR_DUPLICATE_JACCARD = 0.3    # 5-word shingles: a training document this close to an eval document is left out
+
+
+def committed_dir() -> Path:
+    return paths.ROOT / "assets" / "kurs-mini"
+
+
+def _shingles(text: str, n: int = 5) -> set[str]:
+    import re
+
+    words = re.findall(r"\w+", text.lower())
+    return {" ".join(words[i:i + n]) for i in range(max(0, len(words) - n + 1))}
+
+
+def pretraining_documents(corpus: str | Path | None = None, rejects: list[dict] | None = None) -> dict:
+    """The documents Kurs-Mini may learn from: PII-scrubbed, outside the gold eval split, no near-duplicates of it.
+
+    Returns ``{"texts": [...], "doc_ids": [...], "excluded_eval": [...], "excluded_near": [...], "sha256": ...}``.
+    """
+    docs = documents.load_corpus(Path(corpus or paths.corpus_dir()), rejects)
+    scrubbed = pii.scrub_documents(docs)
+    eval_docs = {r["doc_id"] for r in split.gold_splits()["eval"]}
+    shingles = {d["doc_id"]: _shingles(d["text"]) for d in scrubbed}
+    near = set()
+    for d in scrubbed:
+        if d["doc_id"] in eval_docs:
+            continue
+        a = shingles[d["doc_id"]]
+        for e in eval_docs:
+            b = shingles.get(e, set())
+            if a and b and len(a & b) / len(a | b) > NEAR_DUPLICATE_JACCARD:
+                near.add(d["doc_id"])
+    keep = [d for d in scrubbed if d["doc_id"] not in eval_docs and d["doc_id"] not in near]
+    digest = hashlib.sha256("".join(d["doc_id"] + d["text"] for d in keep).encode()).hexdigest()[:16]
+    return {"texts": [d["text"] for d in keep], "doc_ids": [d["doc_id"] for d in keep],
+            "excluded_eval": sorted(eval_docs & {d["doc_id"] for d in scrubbed}), "excluded_near": sorted(near),
+            "sha256": digest}
+
+
 def corpus_fingerprint(corpus: Path) -> str:
     h = hashlib.sha256()
     for path in documents.iter_files(corpus):
@@ -73,7 +124,8 @@ def corpus_fingerprint(corpus: Path) -> str:
 
 
 def build_fingerprint(corpus: Path, config: BuildConfig) -> str:
-    payload = json.dumps({"corpus": corpus_fingerprint(corpus), "config": asdict(config), "v": 1},
+    payload = json.dumps({"corpus": corpus_fingerprint(corpus), "config": asdict(config), "v": 2,
+                          "documents": "pii-scrubbed, outside the eval split"},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -117,10 +169,10 @@ def build(corpus: str | Path | None = None, out_dir: str | Path | None = None,
     corpus = Path(corpus or paths.corpus_dir())
     out_dir = Path(out_dir or default_dir())
     rejects: list[dict] = []
-    docs = documents.load_corpus(corpus, rejects)
-    if not docs:
+    selection = pretraining_documents(corpus, rejects)
+    texts = selection["texts"]
+    if not texts:
         raise ValueError(f"No usable documents in {corpus}: Kurs-Mini needs a corpus to learn from.")
-    texts = [d.text for d in docs]
     t0 = time.time()
     torch.manual_seed(config.seed)
     if config.threads:
@@ -179,7 +231,11 @@ def build(corpus: str | Path | None = None, out_dir: str | Path | None = None,
         "name": "Kurs-Mini",
         "fingerprint": build_fingerprint(corpus, config),
         "corpus": str(corpus),
-        "documents": len(docs),
+        "documents": len(texts),
+        "pretraining_text": "PII-scrubbed, outside the gold eval split (kursmini.pretraining_documents)",
+        "scrubbed_corpus_sha256": selection["sha256"],
+        "excluded_eval_documents": selection["excluded_eval"],
+        "excluded_near_duplicates": selection["excluded_near"],
         "rejected_documents": rejects,
         "corpus_tokens": int(len(stream)),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -201,17 +257,68 @@ def build_info(model_dir: str | Path | None = None) -> dict | None:
     return io.read_json(path) if path.exists() else None
 
 
+def file_hashes(model_dir: str | Path) -> dict[str, str]:
+    """sha256 of every file of a model folder except the manifest itself."""
+    root = Path(model_dir)
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.iterdir())
+            if p.is_file() and p.name != "MANIFEST.json"}
+
+
+def write_manifest(model_dir: str | Path, **facts) -> Path:
+    """``MANIFEST.json``: the build's recipe, seed, corpus hash and loss from build_info, the given facts
+    (device, rebuild command ...), and the sha256 of every file."""
+    model_dir = Path(model_dir)
+    info = build_info(model_dir) or {}
+    manifest = {"name": "Kurs-Mini", "fingerprint": info.get("fingerprint"), "recipe": "helpers/kursmini.py build",
+                "config": info.get("config"), "seed": (info.get("config") or {}).get("seed"),
+                "scrubbed_corpus_sha256": info.get("scrubbed_corpus_sha256"), "documents": info.get("documents"),
+                "parameters": info.get("parameters"), "loss_first": info.get("loss_first"),
+                "loss_last": info.get("loss_last"), "rebuild": REBUILD, **facts,
+                "sha256": file_hashes(model_dir)}
+    path = model_dir / "MANIFEST.json"
+    io.write_json(path, manifest)
+    return path
+
+
+def verify(model_dir: str | Path) -> dict:
+    """Check every file of a committed model against its manifest; raise KursMiniError naming the fix."""
+    model_dir = Path(model_dir)
+    path = model_dir / "MANIFEST.json"
+    fix = (f"Restore it with `git checkout -- {model_dir.relative_to(paths.ROOT) if model_dir.is_relative_to(paths.ROOT) else model_dir}` "
+           f"or rebuild Kurs-Mini with `{REBUILD}` (about 10 minutes on 2 CPU cores).")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise KursMiniError(f"Kurs-Mini in {model_dir} has no readable MANIFEST.json ({exc}). {fix}") from exc
+    actual = file_hashes(model_dir)
+    for name, digest in manifest.get("sha256", {}).items():
+        if name not in actual:
+            raise KursMiniError(f"Kurs-Mini in {model_dir} is incomplete: {name} is missing. {fix}")
+        if actual[name] != digest:
+            size = (model_dir / name).stat().st_size
+            raise KursMiniError(f"Kurs-Mini in {model_dir} is corrupt: {name} ({size:,} bytes) does not match its "
+                                f"checksum in MANIFEST.json. {fix}")
+    return manifest
+
+
 def ensure(model_dir: str | Path | None = None, corpus: str | Path | None = None,
            config: BuildConfig | None = None, progress: bool = True) -> Path:
-    """Return the Kurs-Mini directory, building it when it is missing or was built from another corpus."""
+    """Return the Kurs-Mini directory: a local build of the current recipe, else the committed copy (checksums
+    verified), else build it now (when the corpus or recipe changed since the committed copy was made)."""
     model_dir = Path(model_dir or default_dir())
     corpus = Path(corpus or paths.corpus_dir())
     config = config or BuildConfig()
+    fingerprint = build_fingerprint(corpus, config)
     info = build_info(model_dir)
     if info is not None and (model_dir / "config.json").exists():
-        if info.get("fingerprint") == build_fingerprint(corpus, config):
+        if info.get("fingerprint") == fingerprint:
             return model_dir
-        print(f"Kurs-Mini in {model_dir} was built from another corpus or configuration: rebuilding.")
-    else:
-        print(f"Kurs-Mini not found in {model_dir}: building it now (a few minutes on 2 CPU cores).")
+        print(f"Kurs-Mini in {model_dir} was built from another corpus or recipe.")
+    committed = committed_dir()
+    if (committed / "MANIFEST.json").exists():
+        manifest = verify(committed)
+        if manifest.get("fingerprint") == fingerprint:
+            return committed
+        print(f"The committed Kurs-Mini ({committed}) was built from another corpus or recipe.")
+    print(f"Building Kurs-Mini in {model_dir} now (about 10 minutes on 2 CPU cores).")
     return build(corpus, model_dir, config, progress=progress)

@@ -258,6 +258,11 @@ def train(profile: Profile, train_records: list[dict], eval_records: list[dict] 
             trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(train_enc),
                               eval_dataset=Dataset.from_list(eval_enc) if eval_enc else None,
                               data_collator=make_collator(tok, collator), processing_class=tok, callbacks=callbacks)
+            if not progress:   # one compact line per logging step instead of the Trainer's printed dicts
+                from transformers.trainer_callback import PrinterCallback
+
+                trainer.remove_callback(PrinterCallback)
+                trainer.add_callback(_loss_line_callback(steps))
             if profile.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             t0, cpu0 = time.time(), time.process_time()
@@ -287,6 +292,22 @@ def train(profile: Profile, train_records: list[dict], eval_records: list[dict] 
         tracker.end()
         io.write_json(output_dir / "training_info.json", info)
     return TrainResult(output_dir, info)
+
+
+def _loss_line_callback(total_steps: int):
+    from transformers import TrainerCallback
+
+    class LossLine(TrainerCallback):
+        """Prints ``Schritt 10/60 · Loss 5.213`` (and the eval loss) instead of the Trainer's log dicts."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            parts = [f"Loss {logs['loss']:.3f}" if "loss" in logs else "",
+                     f"Eval-Loss {logs['eval_loss']:.3f}" if "eval_loss" in logs else ""]
+            if any(parts):
+                print(f"Schritt {state.global_step}/{total_steps} · " + " · ".join(p for p in parts if p), flush=True)
+
+    return LossLine()
 
 
 def save_adapter(model, tokenizer, output_dir: Path, info: dict) -> Path:

@@ -1,10 +1,11 @@
 """QA generation: output validation, work partition, progress file, and a real vLLM run (one engine)."""
 
+import dataclasses
 import json
 
 import pytest
 
-from helpers import chunking, generation, io, prompts
+from helpers import chunking, generation, io, profiles, prompts
 from helpers.profiles import load_profile
 
 
@@ -133,3 +134,18 @@ def test_leftover_progress_needs_resume_and_same_settings(llm, chunks_file, tmp_
     with pytest.raises(generation.GenerationError, match="other settings"):
         generation.generate_file(chunks_file, out, tmp_path / "r.jsonl", load_profile("mini"), limit=1, llm=llm, progress=False,
                                  resume=True)
+
+
+@pytest.mark.parametrize("name", profiles.profile_names())
+def test_every_profile_can_hold_a_schema_valid_answer(name):
+    """A bounded grammar may fill both strings to maxLength at one character per token: the budget must fit."""
+    cfg = profiles.load_profile(name).dataset
+    generation.check_budget(cfg, name)
+
+
+def test_a_budget_that_cuts_every_long_answer_is_refused():
+    cfg = dataclasses.replace(profiles.load_profile("mini").dataset, qa_max_tokens=128, question_max_chars=160,
+                              answer_max_chars=320)
+    with pytest.raises(generation.GenerationError, match="qa_max_tokens=128 cannot hold"):
+        generation.check_budget(cfg, "mini")
+    assert generation.token_budget(dataclasses.replace(cfg, length_in_schema=False)) is None

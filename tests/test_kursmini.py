@@ -61,7 +61,7 @@ def test_ensure_reuses_and_rebuilds_on_corpus_change(tiny_corpus, tmp_path, caps
     (tiny_corpus / "doc0.md").write_text("# Neu\n\nGeänderter Text für einen neuen Fingerabdruck. " * 20,
                                          encoding="utf-8")
     kursmini.ensure(out, tiny_corpus, TINY, progress=False)
-    assert "rebuilding" in capsys.readouterr().out
+    assert "another corpus" in capsys.readouterr().out
     assert kursmini.build_info(out)["fingerprint"] == kursmini.build_fingerprint(tiny_corpus, TINY)
 
 
@@ -69,3 +69,42 @@ def test_empty_corpus_is_a_clear_error(tmp_path):
     (tmp_path / "empty.md").write_text("", encoding="utf-8")
     with pytest.raises(ValueError, match="No usable documents"):
         kursmini.build(tmp_path, tmp_path / "out", TINY, progress=False)
+
+
+def test_pretraining_text_is_scrubbed_and_excludes_the_eval_split():
+    from helpers import pii, split
+
+    sel = kursmini.pretraining_documents()
+    eval_docs = {r["doc_id"] for r in split.gold_splits()["eval"]}
+    assert eval_docs and not eval_docs & set(sel["doc_ids"]) and set(sel["excluded_eval"]) == eval_docs
+    text = "\n".join(sel["texts"])
+    planted = [p["value"] for p in pii.load_planted() if len(p["value"]) >= 6]
+    assert planted and [v for v in planted if v in text] == []
+
+
+def test_committed_model_is_verified_and_used_without_a_build(tmp_path, monkeypatch):
+    monkeypatch.setattr(kursmini, "build", lambda *a, **k: pytest.fail("must not build"))
+    path = kursmini.ensure(tmp_path / "no-local-build")
+    assert path == kursmini.committed_dir()
+    manifest = kursmini.verify(path)
+    assert manifest["fingerprint"] == kursmini.build_info(path)["fingerprint"]
+    assert manifest["scrubbed_corpus_sha256"] and (path / "model.safetensors").stat().st_size < 50 * 2**20
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "manifest"])
+def test_corrupt_committed_model_names_the_rebuild_command(tmp_path, monkeypatch, damage):
+    import shutil
+
+    copy = tmp_path / "kurs-mini"
+    shutil.copytree(kursmini.committed_dir(), copy)
+    monkeypatch.setattr(kursmini, "committed_dir", lambda: copy)
+    monkeypatch.setattr(kursmini, "build", lambda *a, **k: pytest.fail("must not fall back to a build"))
+    if damage == "truncate":
+        data = (copy / "model.safetensors").read_bytes()
+        (copy / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "delete":
+        (copy / "tokenizer.json").unlink()
+    else:
+        (copy / "MANIFEST.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(kursmini.KursMiniError, match="python -m helpers model build"):
+        kursmini.ensure(tmp_path / "no-local-build")
