@@ -113,3 +113,17 @@ def test_notebook_is_clean_and_thin(book):
     assert max(len(c.source.splitlines()) for c in code) <= 15
     assert nb.metadata["kernelspec"]["name"] == "python3"
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith(f"# {course.notebook_id(book)}")
+
+
+@pytest.mark.parametrize("book", NOTEBOOKS, ids=[course.notebook_id(b) for b in NOTEBOOKS])
+def test_executed_notebook_has_clean_output_and_real_references(course_run, book):
+    """At most a handful of third-party log lines (engine logs go to <run>/logs), no reference to a notebook or
+    repository file that does not exist."""
+    from helpers import nbaudit
+    from helpers.profiles import load_profile
+
+    run_dir = _ok(course_run)
+    found = nbaudit.audit(run_dir / "notebooks" / book.name, load_profile("mini"))
+    assert len(found.noise) <= nbaudit.MAX_NOISE_LINES, "\n".join(found.noise[:10])
+    assert found.missing == []
+    assert list((run_dir / "logs").glob(f"notebook-{course.notebook_id(book)}.log"))
