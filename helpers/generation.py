@@ -103,10 +103,13 @@ def token_budget(cfg: DatasetSettings, tokenizer=None) -> int | None:
     return cfg.question_max_chars + cfg.answer_max_chars + overhead + 1   # + EOS
 
 
-def check_budget(cfg: DatasetSettings, profile_name: str, max_tokens: int | None = None, tokenizer=None) -> None:
-    """Refuse a length budget that cannot hold a schema-valid answer (a profile bug, not a model failure)."""
+def check_budget(cfg: DatasetSettings, profile_name: str, tokenizer=None) -> None:
+    """Refuse a profile whose length budget cannot hold a schema-valid answer (a profile bug, not a model failure).
+
+    An explicit ``max_tokens`` passed to the step is a deliberate experiment (e.g. provoking truncation) and is
+    not checked."""
     need = token_budget(cfg, tokenizer)
-    have = max_tokens or cfg.qa_max_tokens
+    have = cfg.qa_max_tokens
     if need is not None and have < need:
         raise GenerationError(
             f"Profile '{profile_name}': dataset.qa_max_tokens={have} cannot hold an answer the schema allows "
@@ -317,7 +320,7 @@ def generate_file(chunks_path: str | Path, output: str | Path, rejects_path: str
     chunks = select_chunks(io.read_jsonl(chunks_path), cfg.chunk_min_tokens, limit)
     if not chunks:
         raise GenerationError(f"{chunks_path} has no chunk with ≥ {cfg.chunk_min_tokens} tokens to generate from.")
-    check_budget(cfg, profile.name, max_tokens)
+    check_budget(cfg, profile.name)
     units = shard_units(work_units(chunks, cfg.unit_chunks), shard_i, shard_n)
     header = {"chunks_sha": _file_sha(chunks_path), "limit": limit, "shard": f"{shard_i}/{shard_n}",
               "model": profile.model, "profile": profile.name, "max_tokens": max_tokens or cfg.qa_max_tokens,
