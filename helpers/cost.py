@@ -1,13 +1,16 @@
 """Business case for self-hosting: API price per million tokens vs GPU-hour cost and throughput.
 
-All prices are inputs (the notebook's sliders); the throughput defaults are the course's own measurements
-(see docs/benchmarks.md), never vendor claims.
+All prices are inputs (the notebook's sliders); the throughput default is the course's own measurement
+(:func:`measured_throughput` reads it from docs/benchmarks-gpu.json), never a vendor claim.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, replace
 from typing import Sequence
+
+from . import paths
 
 HOURS_PER_MONTH = 730.0
 
@@ -18,7 +21,7 @@ class CostInputs:
     api_eur_per_m_output: float = 0.60    # ... and per 1M output tokens
     gpu_eur_per_hour: float = 2.50        # rented GPU (or amortised own hardware + power)
     gpus: int = 1
-    output_tokens_per_s: float = 8912.0   # measured batch throughput of the served model (vLLM)
+    output_tokens_per_s: float = 6847.5   # measured batch throughput (docs/benchmarks-gpu.json, see measured_throughput)
     utilization: float = 0.5              # share of the hours the GPU actually does useful work
     always_on: bool = True                # pay all hours of the month, not just busy ones
     ops_eur_per_month: float = 1500.0     # share of an engineer who runs the platform
@@ -27,6 +30,41 @@ class CostInputs:
 
     def with_(self, **changes) -> "CostInputs":
         return replace(self, **changes)
+
+
+BENCHMARKS = paths.ROOT / "docs" / "benchmarks-gpu.json"
+
+
+def measured_throughput(mode: str = "batch") -> dict:
+    """The course's own throughput measurement of a 7B-shaped model in vLLM (docs/benchmarks-gpu.json).
+
+    ``batch``: 256 prompts in one offline batch with CUDA graphs (what batch jobs reach); ``single``: one request
+    at a time (what a latency-bound service with one user at a time reaches). Returns value, source and setting.
+    """
+    data = json.loads(BENCHMARKS.read_text(encoding="utf-8"))
+    part = data["graphs"]["batch_256" if mode == "batch" else "batch_1"]
+    return {"tokens_per_s": part["tokens_per_s"], "requests": part["requests"], "gpu": data["environment"]["gpu"],
+            "vllm": data["environment"]["vllm"], "source": "docs/benchmarks-gpu.json (graphs)",
+            "prompt_tokens": data["prompt_tokens"], "output_tokens": data["output_tokens"]}
+
+
+def sensitivity(inputs: CostInputs, factor: float = 2.0):
+    """Break-even when one input at a time is halved or doubled: which inputs move it at all (DataFrame)."""
+    import pandas as pd
+
+    names = ["api_eur_per_m_input", "api_eur_per_m_output", "gpu_eur_per_hour", "ops_eur_per_month",
+             "output_tokens_per_s", "utilization"]
+    base = break_even_requests(inputs)
+    rows = []
+    for name in names:
+        value = getattr(inputs, name)
+        low = break_even_requests(inputs.with_(**{name: value / factor}))
+        high = break_even_requests(inputs.with_(**{name: min(value * factor, 1.0) if name == "utilization"
+                                                   else value * factor}))
+        rows.append({"eingabe": name, "wert": value, f"break_even_x{1 / factor:g}": low, "break_even": base,
+                     f"break_even_x{factor:g}": high,
+                     "bewegt_break_even": any(v != base for v in (low, high))})
+    return pd.DataFrame(rows)
 
 
 def api_cost(inputs: CostInputs, requests_per_month: float) -> float:
@@ -103,6 +141,21 @@ def plot_break_even(inputs: CostInputs, max_requests: float | None = None, ax=No
     ax.legend()
     ax.grid(alpha=0.3)
     return ax
+
+
+def plot_break_even_modes(inputs: CostInputs):
+    """Side by side: GPU always on (a service) and paid per busy hour (batch jobs), same prices."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for ax, always_on, title in ((axes[0], True, "GPU läuft immer (Dienst)"),
+                                 (axes[1], False, "nur Rechenstunden (Batch-Jobs)")):
+        plot_break_even(inputs.with_(always_on=always_on), ax=ax)
+        ax.set_title(title)
+        ax.ticklabel_format(axis="x", style="plain")
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x / 1e6:.0f} Mio."))
+    fig.tight_layout()
+    return fig
 
 
 def interactive_break_even(inputs: CostInputs | None = None):

@@ -41,3 +41,21 @@ def test_decision_matrix_weights_and_validation():
     with pytest.raises(ValueError, match="must be 0, 1 or 2"):
         cost.decision_matrix({"volume": 5})
     assert list(table["punkte"]) == [w * 2 for _, w in cost.CRITERIA.values()]
+
+
+def test_sensitivity_shows_which_inputs_move_the_always_on_break_even():
+    table = cost.sensitivity(cost.CostInputs()).set_index("eingabe")
+    moves = table["bewegt_break_even"].to_dict()
+    # always on: GPU hours are fixed, so throughput and utilisation cannot move the break-even
+    assert moves["output_tokens_per_s"] is False and moves["utilization"] is False
+    assert all(moves[k] for k in ("api_eur_per_m_input", "api_eur_per_m_output", "gpu_eur_per_hour",
+                                  "ops_eur_per_month"))
+    batch = cost.sensitivity(cost.CostInputs(always_on=False)).set_index("eingabe")["bewegt_break_even"]
+    assert batch["output_tokens_per_s"] and batch["utilization"]
+
+
+def test_default_throughput_is_the_committed_measurement():
+    measured = cost.measured_throughput("batch")
+    assert cost.CostInputs().output_tokens_per_s == measured["tokens_per_s"]
+    assert measured["source"].startswith("docs/benchmarks-gpu.json")
+    assert cost.measured_throughput("single")["tokens_per_s"] < measured["tokens_per_s"]
