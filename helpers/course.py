@@ -55,11 +55,19 @@ def start_notebook(nb_id: str, profile: str = "mini", run_dir: str | None = None
     prof.require_device()
     work = paths.work_dir(run_dir)
     logs.route(work, f"notebook-{nb_id}")   # engine/trainer logs to <run>/logs, not into the notebook
+    _show_whole_text()
     ctx = NotebookContext(nb_id=nb_id, profile=prof, work_dir=work)
     existing = metrics_path(work, nb_id)
     if existing.exists():
         existing.unlink()  # a rerun starts with fresh metrics
     return ctx
+
+
+def _show_whole_text() -> None:
+    """Tables show answers whole (pandas cuts cells at 50 characters by default)."""
+    import pandas as pd
+
+    pd.set_option("display.max_colwidth", None)
 
 
 def metrics_path(run_dir: Path, nb_id: str) -> Path:

@@ -93,14 +93,15 @@ def load_records(path: str | Path, rejects_path: str | Path | None = None) -> li
 def training_records(work_dir: str | Path, rejects_path: str | Path | None = None) -> tuple[list[dict], list[dict]]:
     """The course's training and evaluation records.
 
-    train: the gold training split (``source="gold"``) plus, where notebook 07 has written them, the
-    QC-accepted generated pairs in ``<work_dir>/data/qa_accepted.jsonl`` (``source="generated"``).
-    eval: the gold evaluation split (``source="gold"``), leak-free by document.
+    train: the gold training split, PII-scrubbed (``source="gold"``), plus, where notebook 07 has written them,
+    the QC-accepted generated pairs in ``<work_dir>/data/qa_accepted.jsonl`` (``source="generated"``; QC rejects
+    any pair with personal data). No planted personal value reaches the adapter's weights.
+    eval: the gold evaluation split (``source="gold"``), leak-free by document, unchanged (as split.training_splits).
     """
-    from . import split
+    from . import qc, split
 
     splits = split.gold_splits()
-    train = [{**r, "source": "gold"} for r in splits["train"]]
+    train = [{**qc.scrub_record(r), "source": "gold"} for r in splits["train"]]
     evaluation = [{**r, "source": "gold"} for r in splits["eval"]]
     accepted = dataset.files(work_dir).accepted
     if accepted.exists():

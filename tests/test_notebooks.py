@@ -127,3 +127,20 @@ def test_executed_notebook_has_clean_output_and_real_references(course_run, book
     assert len(found.noise) <= nbaudit.MAX_NOISE_LINES, "\n".join(found.noise[:10])
     assert found.missing == []
     assert list((run_dir / "logs").glob(f"notebook-{course.notebook_id(book)}.log"))
+
+
+def test_no_planted_personal_value_in_any_model_output(course_run):
+    """Kurs-Mini and its adapters never saw planted PII, so no generated text of the run may contain it."""
+    from helpers import io, pii
+
+    run_dir = _ok(course_run)
+    outputs = [r.get("question", "") + " " + r.get("answer", "") for r in io.read_jsonl(run_dir / "data" / "generated.jsonl")]
+    for path in sorted((run_dir / "evaluation").glob("*.json*")):
+        text = path.read_text(encoding="utf-8")
+        items = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" else \
+            json.loads(text).get("items", [])
+        outputs += [str(it.get("answer", "")) for it in items if isinstance(it, dict)]
+    assert len(outputs) > 50
+    planted = [p["value"] for p in pii.load_planted() if len(p["value"]) >= 6]
+    blob = "\n".join(outputs)
+    assert [v for v in planted if v in blob] == []

@@ -352,3 +352,13 @@ def test_notebook_05_1_logged_runs_in_the_run_folder(course_run):
     assert m["runs_logged"] >= 2 and m["runs_via_server"] == m["runs_logged"] and m["server_stopped"] is True
     assert (run_dir / "mlflow" / "mlflow.db").exists()
     assert list((run_dir / "mlflow" / "artifacts").rglob("adapter_model.safetensors"))
+
+
+def test_gold_training_records_carry_no_planted_personal_data(tmp_path):
+    from helpers import pii
+
+    train, evaluation = training.training_records(tmp_path)
+    planted = [p["value"] for p in pii.load_planted() if len(p["value"]) >= 6]
+    text = " ".join(r["question"] + r["answer"] + r["context"] for r in train)
+    assert [v for v in planted if v in text] == []
+    assert "[NAME]" in text or "[TELEFON]" in text or "[E-MAIL]" in text   # scrubbed, not dropped
