@@ -17,7 +17,15 @@ TARGETS = {
     "notebooks_01_02_s": 180.0,   # notebooks 01 and 02 together on 2 cores, after setup
     "kurs_mini_build_s": 300.0,   # python -m helpers model build on 2 cores
     "train_mini_s": 300.0,        # one QLoRA run of the mini profile (load, train, eval, save) on 2 cores
+    "course_s": 900.0,            # `make course`: every notebook, after the environment exists
+    "notebook_05_train_s": 180.0, # the fine-tuning inside notebook 05 (mini, 2 cores)
+    "engine_start_s": 40.0,       # vLLM offline engine start in notebook 02 (mini, 2 cores)
+    "env_setup_s": 360.0,         # scripts/setup_env.sh with a warm package cache (recorded at setup)
+    "make_test_s": 2400.0,        # the whole test session (recorded by the last `make test`)
 }
+# Where setup and the test session record their own durations (read here, never asserted in a test).
+ENV_TIMING = ".course-env-seconds"
+TEST_TIMING = "test-session.json"
 
 
 def bench_notebooks_01_02() -> dict:
@@ -126,7 +134,26 @@ def bench_train_mini() -> dict:
             "train_mini_cpu_s": result.info["cpu_seconds"]}  # CPU time: comparable when the machine is shared
 
 
-BENCHMARKS = {"notebooks": bench_notebooks_01_02, "model": bench_kurs_mini_build, "lora": bench_lora_overhead,
+def bench_course() -> dict:
+    """The whole course once, timed as `make course` runs it; notebook 05's training and 02's engine start from
+    its metrics; environment setup and the last test session from the durations they recorded themselves."""
+    with tempfile.TemporaryDirectory(prefix="bench-course-") as tmp:
+        t0 = time.time()
+        course.run_course(run_dir=Path(tmp), progress=False)
+        out: dict = {"course_s": round(time.time() - t0, 1)}
+        metrics = {p.stem: io.read_json(p) for p in (Path(tmp) / "metrics").glob("*.json")}
+    out["notebook_05_train_s"] = metrics.get("05", {}).get("train_seconds")
+    out["engine_start_s"] = metrics.get("02", {}).get("engine_startup_s")
+    env = paths.ROOT / ".venv" / ENV_TIMING
+    if env.exists():
+        out["env_setup_s"] = float(env.read_text().split()[0])
+    test = paths.runs_dir() / TEST_TIMING
+    if test.exists():
+        out["make_test_s"] = io.read_json(test)["seconds"]
+    return {k: v for k, v in out.items() if v is not None}
+
+
+BENCHMARKS = {"course": bench_course, "notebooks": bench_notebooks_01_02, "model": bench_kurs_mini_build, "lora": bench_lora_overhead,
               "generation": bench_generation_batching, "train": bench_train_mini}
 
 

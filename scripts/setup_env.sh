@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:-.venv}"
+started=$(date +%s)
 py="${PYTHON:-python3}"
 if ! "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
   echo "error: Python 3.11 or newer is needed (found: $("$py" --version 2>&1)). Set PYTHON=/path/to/python3.11." >&2
@@ -24,4 +25,7 @@ echo "Installing the course environment into $venv (first time: a few minutes, ~
 import torch, transformers, peft, bitsandbytes, vllm  # noqa: F401  (fails loudly if the stack is broken)
 print(f"environment ok: torch {torch.__version__}, transformers {transformers.__version__}, vllm {vllm.__version__}")
 PY
+# the setup's own duration, printed by `make bench` against its budget (warm package cache: 6 minutes)
+echo "$(( $(date +%s) - started )) seconds, $(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$venv/.course-env-seconds"
+echo "environment set up in $(( $(date +%s) - started )) s"
 touch "$venv/.course-env-stamp"

@@ -1,6 +1,8 @@
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,18 @@ def lora_server(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+_SESSION_START = time.time()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Record the whole session's duration for `make bench` (budget: 40 minutes); never asserted here."""
+    if getattr(session.config.option, "collectonly", False) or session.testscollected < 100:
+        return   # a partial run says nothing about `make test`
+    from helpers import paths
+
+    out = paths.runs_dir() / "test-session.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"seconds": round(time.time() - _SESSION_START, 1), "tests": session.testscollected,
+                               "exitstatus": int(exitstatus), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
