@@ -60,6 +60,7 @@ def route(work_dir: str | Path, name: str, fd_level: bool = True) -> Path:
     """Send third-party logs, warnings and C-level stderr of this process to ``<work_dir>/logs/<name>.log``."""
     path = log_path(work_dir, name)
     os.environ["VLLM_CONFIGURE_LOGGING"] = "0"          # vLLM: no console handler of its own
+    os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"    # MLflow: likewise (records reach the root logger)
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")   # its own console handler: errors only
     handler = logging.FileHandler(path, encoding="utf-8")

@@ -37,9 +37,10 @@ _NOISE = [
     re.compile(r"^\s*warnings\.warn\("),
     re.compile(r"libtcmalloc|oneDNN|OMP: |huggingface/tokenizers|NUMA"),
     re.compile(r"^(INFO|WARNING):\w+(\.\w+)*:"),                                          # logging default format
+    re.compile(r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} (INFO|WARNING|DEBUG|ERROR) "),        # MLflow's format
 ]
 _NOTEBOOK_REF = re.compile(r"\b(?:Notebooks?|Posts?)\s+(\d{2}(?:\.\d)?)\b")
-_PATH_REF = re.compile(r"`((?:docs|manifests|helpers|data|notebooks|scripts|tests)/[^`\s]*)`")
+_PATH_REF = re.compile(r"`((?:docs|manifests|helpers|data|notebooks|scripts|tests|assets|research)/[^`\s]*)`")
 _NUMBER = re.compile(r"(?<![\w.,/#:-])(\d+(?:[.,]\d+)*)(?![\w]|[.,]\d)")
 _CODE_SPAN = re.compile(r"`[^`]*`")
 _URL = re.compile(r"https?://\S+")

@@ -79,3 +79,8 @@ def test_profile_settings_count_as_cited(tmp_path):
 
 def test_allow_list_sources_contain_their_numbers():
     assert nbaudit.allow_list_problems() == []
+
+
+def test_mlflow_log_lines_count_as_noise():
+    assert nbaudit.noise_lines("2026/11/30 04:55:12 INFO mlflow.tracking: run started\nSchritt 10/60 · Loss 5.2")  \
+        == ["2026/11/30 04:55:12 INFO mlflow.tracking: run started"]

@@ -118,7 +118,8 @@ def test_notebook_is_clean_and_thin(book):
 @pytest.mark.parametrize("book", NOTEBOOKS, ids=[course.notebook_id(b) for b in NOTEBOOKS])
 def test_executed_notebook_has_clean_output_and_real_references(course_run, book):
     """At most a handful of third-party log lines (engine logs go to <run>/logs), no reference to a notebook or
-    repository file that does not exist."""
+    repository file that does not exist, and no number in the German text that no cell above printed and no cited
+    file contains (helpers/nbaudit.py; public constants with their source in helpers/nbaudit_allow.yaml)."""
     from helpers import nbaudit
     from helpers.profiles import load_profile
 
@@ -126,6 +127,7 @@ def test_executed_notebook_has_clean_output_and_real_references(course_run, book
     found = nbaudit.audit(run_dir / "notebooks" / book.name, load_profile("mini"))
     assert len(found.noise) <= nbaudit.MAX_NOISE_LINES, "\n".join(found.noise[:10])
     assert found.missing == []
+    assert found.numbers == [], "numbers in the text that no cell printed:\n" + "\n".join(found.numbers)
     assert list((run_dir / "logs").glob(f"notebook-{course.notebook_id(book)}.log"))
 
 
