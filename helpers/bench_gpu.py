@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import io, paths
+from . import io, paths, workunits
 from .bench_gpu_report import write_markdown
 from .profiles import load_profile
 
@@ -234,7 +234,7 @@ def bench_generation(workdir: Path, n_chunks: int = 64, max_tokens: int = OUTPUT
     tok = chunking.get_tokenizer(load_profile("mini"))  # the dummy 7B carries Kurs-Mini's tokenizer
     chunks = chunking.chunk_documents(dataset.prepare_documents(), tok, cfg.chunk_max_tokens,
                                       cfg.chunk_overlap, progress=False)
-    chosen = generation.select_chunks(chunks, cfg.chunk_min_tokens, n_chunks)
+    chosen = workunits.select_chunks(chunks, cfg.chunk_min_tokens, n_chunks)
     # The grammar backend needs model and tokenizer vocabularies to agree: 7B shape, Kurs-Mini vocabulary.
     shape = {**MISTRAL_7B, **(model_cfg or {}), "vocab_size": len(tok)}
     model_dir = make_model_dir(workdir / "mistral-7b-dummy-kmvocab", **shape)

@@ -42,7 +42,7 @@ def metric_names(dashboard: dict) -> set[str]:
 
 
 def missing_metrics(dashboard: dict, exposed: set[str]) -> list[str]:
-    """Names the dashboard queries that are not among ``exposed`` (serve.sample_names of a live /metrics)."""
+    """Names the dashboard queries that are not among ``exposed`` (servermetrics.sample_names of a live /metrics)."""
     return sorted(metric_names(dashboard) - set(exposed))
 
 

@@ -16,9 +16,7 @@ and sharding.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -28,7 +26,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import dataset, io, prompts
-from .errors import HelpersError
+from .workunits import (GenerationError, file_sha, meta_path, parse_shard, progress_path, read_progress,
+                        select_chunks, shard_units, stable_hash, work_units)
 from .profiles import DatasetSettings, Profile
 
 TYPES = ("factual", "conceptual", "comparison", "unanswerable")
@@ -57,10 +56,6 @@ class QAOutput(BaseModel):
 class QuestionOutput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: str = Field(min_length=10)
-
-
-class GenerationError(HelpersError, ValueError):
-    pass
 
 
 # --------------------------------------------------------------------------- prompts and schema
@@ -127,10 +122,6 @@ def messages(chunk: dict, qa_type: str) -> list[dict]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
-def stable_hash(text: str) -> int:
-    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], 16)
-
-
 def record_id(chunk_id: str, qa_type: str) -> str:
     return f"{chunk_id}:{qa_type}"
 
@@ -157,42 +148,6 @@ def parse_output(text: str, qa_type: str, finish_reason: str = "stop") -> tuple[
     if qa_type == "unanswerable":
         fields["answer"] = prompts.REFUSAL
     return fields, "", ""
-
-
-# --------------------------------------------------------------------------- work partition
-def parse_shard(spec: str | None) -> tuple[int, int]:
-    """``"i/N"`` → (i, N), checked; None → (0, 1)."""
-    if not spec:
-        return 0, 1
-    try:
-        i, n = (int(x) for x in spec.split("/"))
-    except ValueError:
-        raise GenerationError(f"--shard must look like i/N (e.g. 0/4), got {spec!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise GenerationError(f"--shard {spec}: need N ≥ 1 and 0 ≤ i < N")
-    return i, n
-
-
-def select_chunks(chunks: list[dict], min_tokens: int = 0, limit: int | None = None) -> list[dict]:
-    """Chunks worth generating from (≥ min_tokens); with ``limit`` a sample spread over all documents
-    (the ``limit`` chunks with the smallest stable hash), always in id order."""
-    chosen = [c for c in chunks if c.get("token_count", min_tokens) >= min_tokens]
-    if limit:
-        chosen = sorted(chosen, key=lambda c: stable_hash(c["id"]))[:limit]
-    return sorted(chosen, key=lambda c: c["id"])
-
-
-def work_units(chunks: list[dict], unit_chunks: int) -> dict[int, list[dict]]:
-    """Units of about ``unit_chunks`` chunks each, assigned by a stable hash of the chunk id."""
-    n_units = max(1, math.ceil(len(chunks) / max(1, unit_chunks)))
-    units: dict[int, list[dict]] = {u: [] for u in range(n_units)}
-    for chunk in chunks:
-        units[stable_hash(chunk["id"]) % n_units].append(chunk)
-    return {u: sorted(cs, key=lambda c: c["id"]) for u, cs in units.items() if cs}
-
-
-def shard_units(units: dict[int, list[dict]], shard: int, n_shards: int) -> dict[int, list[dict]]:
-    return {u: cs for u, cs in units.items() if u % n_shards == shard}
 
 
 # --------------------------------------------------------------------------- engine
@@ -260,50 +215,6 @@ def generate_unit(llm, profile: Profile, chunks: list[dict], cfg: DatasetSetting
     return records, rejects, tokens
 
 
-# --------------------------------------------------------------------------- progress file
-def progress_path(output: str | Path) -> Path:
-    output = Path(output)
-    return output.with_name(output.name + ".progress.jsonl")
-
-
-def meta_path(output: str | Path) -> Path:
-    output = Path(output)
-    return output.with_name(output.name + ".meta.json")
-
-
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
-def read_progress(path: Path) -> tuple[dict | None, dict[int, dict]]:
-    """Header and finished units of a progress file; a line cut by kill -9 is removed."""
-    if not path.exists():
-        return None, {}
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    good_end, header, units = 0, None, {}
-    for i, line in enumerate(lines):
-        if not line.strip():
-            good_end += len(line) + 1
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            if i >= len(lines) - 2:   # the last line, interrupted while being written
-                break
-            raise GenerationError(f"{path}: line {i + 1} is corrupt (not at the end). Delete the file to "
-                                  "start over.") from None
-        good_end += len(line) + 1
-        if "header" in entry:
-            header = entry["header"]
-        else:
-            units[entry["unit"]] = entry
-    if good_end < len(raw):
-        with open(path, "r+b") as fh:
-            fh.truncate(min(good_end, len(raw)))
-    return header, units
-
-
 def generate_file(chunks_path: str | Path, output: str | Path, rejects_path: str | Path,
                   profile: Profile, resume: bool = False, shard: str | None = None,
                   limit: int | None = None, llm=None, progress: bool = True, unit_chunks: int | None = None,
@@ -322,7 +233,7 @@ def generate_file(chunks_path: str | Path, output: str | Path, rejects_path: str
         raise GenerationError(f"{chunks_path} has no chunk with ≥ {cfg.chunk_min_tokens} tokens to generate from.")
     check_budget(cfg, profile.name)
     units = shard_units(work_units(chunks, cfg.unit_chunks), shard_i, shard_n)
-    header = {"chunks_sha": _file_sha(chunks_path), "limit": limit, "shard": f"{shard_i}/{shard_n}",
+    header = {"chunks_sha": file_sha(chunks_path), "limit": limit, "shard": f"{shard_i}/{shard_n}",
               "model": profile.model, "profile": profile.name, "max_tokens": max_tokens or cfg.qa_max_tokens,
               "unit_chunks": cfg.unit_chunks, "chunk_min_tokens": cfg.chunk_min_tokens,
               "temperature": profile.generation.temperature, "types": list(TYPES),

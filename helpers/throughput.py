@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import dataset, generation
+from . import dataset, generation, workunits
 from .profiles import Profile
 
 
@@ -34,7 +34,7 @@ def bench_requests(profile: Profile, n: int | None = None,
     tok = chunking.get_tokenizer(profile)
     docs = dataset.prepare_documents()
     chunks = chunking.chunk_documents(docs, tok, cfg.chunk_max_tokens, cfg.chunk_overlap, progress=False)
-    chosen = generation.select_chunks(chunks, cfg.chunk_min_tokens, -(-n // len(generation.TYPES)))
+    chosen = workunits.select_chunks(chunks, cfg.chunk_min_tokens, -(-n // len(generation.TYPES)))
     metas = [(c, t) for c in chosen for t in generation.TYPES][:n]
     texts = inference.chat_prompts(tok, [generation.messages(c, t) for c, t in metas])
     reqs = [BenchRequest(text, generation.schema(t, cfg), generation.request_seed(generation.record_id(c["id"], t)),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import evaluation as ev
-from helpers import io, prompts, split, stats, textmetrics
+from helpers import evalreport, io, prompts, split, stats, textmetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,7 +129,7 @@ def test_summary_and_paired_comparison_on_hand_made_items():
     assert cmp_["stopped"]["p_value"] == pytest.approx(0.0390625)
     assert cmp_["answer_tokens"]["mean_diff"] == pytest.approx(-39.6)
     assert cmp_["answer_tokens"]["ci_high"] < 0
-    table = ev.summary_table(rep["summary"])
+    table = evalreport.summary_table(rep["summary"])
     assert list(table.columns) == ["metric", "bedeutung", "base", "fixed"]
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from helpers import chunking, generation, io, profiles, prompts
+from helpers import chunking, generation, io, profiles, prompts, workunits
 from helpers.profiles import load_profile
 
 
@@ -50,37 +50,37 @@ CHUNKS = [{"id": f"doc{d}.md#c{i:04d}", "doc_id": f"doc{d}.md", "token_count": 1
 
 
 def test_shards_partition_all_chunks_deterministically():
-    units = generation.work_units(CHUNKS, 4)
+    units = workunits.work_units(CHUNKS, 4)
     assert sorted(c["id"] for cs in units.values() for c in cs) == sorted(c["id"] for c in CHUNKS)
-    shards = [generation.shard_units(units, i, 3) for i in range(3)]
+    shards = [workunits.shard_units(units, i, 3) for i in range(3)]
     ids = [{c["id"] for cs in s.values() for c in cs} for s in shards]
     assert set.union(*ids) == {c["id"] for c in CHUNKS} and sum(map(len, ids)) == len(CHUNKS)
-    assert generation.work_units(list(reversed(CHUNKS)), 4) == units   # order of the file does not matter
+    assert workunits.work_units(list(reversed(CHUNKS)), 4) == units   # order of the file does not matter
 
 
 def test_limit_samples_across_documents():
-    chosen = generation.select_chunks(CHUNKS, min_tokens=50, limit=10)
+    chosen = workunits.select_chunks(CHUNKS, min_tokens=50, limit=10)
     assert len(chosen) == 10 and len({c["doc_id"] for c in chosen}) >= 4
     assert chosen == sorted(chosen, key=lambda c: c["id"])
-    assert generation.select_chunks(CHUNKS, min_tokens=101) == []
+    assert workunits.select_chunks(CHUNKS, min_tokens=101) == []
 
 
 @pytest.mark.parametrize("spec", ["2/2", "a/b", "1", "-1/3", "0/0"])
 def test_bad_shard_specs_are_explained(spec):
     with pytest.raises(generation.GenerationError, match="shard"):
-        generation.parse_shard(spec)
+        workunits.parse_shard(spec)
 
 
 def test_progress_file_drops_a_line_cut_by_kill(tmp_path):
     path = tmp_path / "gen.jsonl.progress.jsonl"
     good = [json.dumps({"header": {"a": 1}}), json.dumps({"unit": 0, "records": [], "rejects": []})]
     path.write_text("\n".join(good) + "\n" + '{"unit": 1, "records": [{"id": "x", "que')
-    header, units = generation.read_progress(path)
+    header, units = workunits.read_progress(path)
     assert header == {"a": 1} and list(units) == [0]
     assert path.read_text() == "\n".join(good) + "\n"     # the torn line is gone; appends continue cleanly
     path.write_text(good[0] + "\nnot json\n" + good[1] + "\n")
     with pytest.raises(generation.GenerationError, match="corrupt"):
-        generation.read_progress(path)
+        workunits.read_progress(path)
 
 
 # --------------------------------------------------------------------------- real vLLM (one engine)
@@ -114,7 +114,7 @@ def test_every_request_becomes_a_record_or_a_reject(llm, chunks_file, tmp_path):
     for r in rejects:
         assert r["stage"] == "generate" and r["reason"] in ("truncated", "invalid_json", "schema_violation")
         assert "raw" in r and r["raw"] is not None
-    assert not generation.progress_path(out).exists() and generation.meta_path(out).exists()
+    assert not workunits.progress_path(out).exists() and workunits.meta_path(out).exists()
 
 
 def test_too_few_tokens_make_real_truncation_rejects(llm, chunks_file, tmp_path):
@@ -127,7 +127,7 @@ def test_too_few_tokens_make_real_truncation_rejects(llm, chunks_file, tmp_path)
 
 def test_leftover_progress_needs_resume_and_same_settings(llm, chunks_file, tmp_path):
     out = tmp_path / "g.jsonl"
-    prog = generation.progress_path(out)
+    prog = workunits.progress_path(out)
     prog.write_text(json.dumps({"header": {"limit": 99}}) + "\n")
     with pytest.raises(generation.GenerationError, match="--resume"):
         generation.generate_file(chunks_file, out, tmp_path / "r.jsonl", load_profile("mini"), limit=1, llm=llm, progress=False)

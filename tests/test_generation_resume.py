@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import chunking, generation
+from helpers import chunking, generation, workunits
 from helpers.profiles import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ def _same(a: Path, b: Path):
 
 
 def test_killed_run_resumes_to_the_clean_result(chunks, clean, tmp_path):
-    prog = generation.progress_path(tmp_path / "gen.jsonl")
+    prog = workunits.progress_path(tmp_path / "gen.jsonl")
     proc = subprocess.Popen(_cmd(chunks, tmp_path), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -64,7 +64,7 @@ def test_killed_run_resumes_to_the_clean_result(chunks, clean, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = len(prog.read_text().splitlines()) - 1
-    total = len(json.loads(generation.meta_path(clean / "gen.jsonl").read_text())["units"])
+    total = len(json.loads(workunits.meta_path(clean / "gen.jsonl").read_text())["units"])
     assert 1 <= done_before < total and not (tmp_path / "gen.jsonl").exists()
     again = subprocess.run(_cmd(chunks, tmp_path), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode != 0 and "--resume" in again.stderr                # refuses to silently start over

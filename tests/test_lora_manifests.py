@@ -6,7 +6,7 @@ import copy
 import pytest
 import yaml
 
-from helpers import dashboard, manifests, serve
+from helpers import dashboard, manifests, serve, servermetrics
 
 
 def _deployment(docs):
@@ -103,7 +103,7 @@ def test_metric_name_check_catches_a_renamed_metric():
 
 def test_every_dashboard_metric_exists_on_a_live_lora_server(lora_server):
     serve.ask(lora_server, [{"role": "user", "content": "Hallo"}], model="a", max_tokens=4)
-    exposed = serve.sample_names(serve.parse_metrics(lora_server.metrics_text()))
+    exposed = servermetrics.sample_names(servermetrics.parse_metrics(lora_server.metrics_text()))
     assert len(exposed) > 20
     missing = dashboard.missing_metrics(dashboard.load(), exposed)
     assert missing == [], f"dashboard queries metrics the server does not expose: {missing}"

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from helpers import adapters, inference, loadtest, prompts, serve, split
+from helpers import adapters, inference, loadtest, prompts, serve, servermetrics, split
 from helpers.profiles import load_profile
 
 N = 4
@@ -155,10 +155,10 @@ def test_bounded_load_test_and_per_adapter_metrics(lora_server, conversations):
     rows = {r["model"]: r for r in loadtest.summarize(records)}
     assert rows["a"]["requests"] == 3 and rows["b"]["requests"] == 3
     assert rows["(alle)"]["latency_p50_s"] <= rows["(alle)"]["latency_p95_s"]
-    metrics = serve.parse_metrics(lora_server.metrics_text())
-    info = serve.lora_info(metrics)
+    metrics = servermetrics.parse_metrics(lora_server.metrics_text())
+    info = servermetrics.lora_info(metrics)
     assert {"a", "b"} <= set(info["adapter"])
     assert info["max_loras"].iloc[0] == str(load_profile("mini").vllm.max_loras)
-    assert serve.metric_total(metrics, "vllm:request_success", "_total") >= 6
-    per_model = serve.per_model(metrics)
+    assert servermetrics.metric_total(metrics, "vllm:request_success", "_total") >= 6
+    per_model = servermetrics.per_model(metrics)
     assert list(per_model["model_name"]) == ["kurs-mini"]  # vLLM labels requests by base model only

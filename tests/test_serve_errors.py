@@ -2,7 +2,7 @@ import socket
 
 import pytest
 
-from helpers import adapters, serve
+from helpers import adapters, serve, servermetrics
 from helpers.profiles import load_profile
 
 
@@ -48,6 +48,6 @@ def test_metrics_parser_reads_vllm_series():
             "# TYPE vllm:generation_tokens_total counter\n"
             'vllm:generation_tokens_total{model_name="kurs-mini"} 128.0\n'
             "# TYPE other_metric gauge\nother_metric 1.0\n")
-    parsed = serve.parse_metrics(text)
+    parsed = servermetrics.parse_metrics(text)
     assert list(parsed) == ["vllm:generation_tokens"]
-    assert serve.metric_total(parsed, "vllm:generation_tokens", "_total") == 128.0
+    assert servermetrics.metric_total(parsed, "vllm:generation_tokens", "_total") == 128.0
