@@ -122,11 +122,10 @@ def select(notebooks: list[Path], only: list[str] | None = None, start: str | No
     for wanted in (only or []) + ([start] if start else []):
         if wanted not in ids:
             raise CourseError(f"No notebook '{wanted}'. Available: {', '.join(ids)}")
-    if only:
-        return [p for p in notebooks if notebook_id(p) in only]
-    if start:
-        return [p for p in notebooks if _order(notebook_id(p)) >= _order(start)]
-    return notebooks
+    chosen = [p for p in notebooks if not only or notebook_id(p) in only]
+    if start:   # resume: skip what comes before `start` (also within an --only selection)
+        chosen = [p for p in chosen if _order(notebook_id(p)) >= _order(start)]
+    return chosen
 
 
 def latest_run_dir() -> Path | None:
