@@ -9,6 +9,7 @@ handlers receive ``args.profile`` as the loaded ``Profile``.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from . import (bench, bench_gpu, chunking, course, dataset, diagnose, evaluation, generation, models, pdfdocs, qc,
@@ -63,3 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     except (HelpersError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        print(f"error: no space left on this disk{where}. Files already written are unchanged (the course writes "
+              "atomically); free some space and rerun the same command (with --resume where the step has it: "
+              "finished work units are kept).", file=sys.stderr)
+        return 3

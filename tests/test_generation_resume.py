@@ -93,3 +93,26 @@ def test_merge_refuses_an_incomplete_set(clean, tmp_path):
     with pytest.raises(generation.GenerationError, match="shards 0..1|did not finish"):
         (tmp_path / "x.jsonl").write_text("")
         generation.merge([clean / "gen.jsonl", tmp_path / "x.jsonl"], tmp_path / "m.jsonl", tmp_path / "r.jsonl")
+
+
+def test_full_disk_during_generate_keeps_previous_outputs_and_says_why(chunks, clean, tmp_path):
+    """A 1 MiB tmpfs (private mount namespace) holding the previous run's outputs, filled to the last block."""
+    import hashlib
+    import shlex
+
+    from helpers import airgap
+
+    if airgap.unavailable_reason():
+        pytest.skip(f"no user namespace to mount a small tmpfs in: {airgap.unavailable_reason()}")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    cmd = " ".join(shlex.quote(c) for c in _cmd(chunks, disk))
+    script = (f"mount -t tmpfs -o size=1m tmpfs {disk} && cp {clean}/gen.jsonl {clean}/rej.jsonl {disk}/ && "
+              f"(dd if=/dev/zero of={disk}/filler bs=4k 2>/dev/null; true) && {cmd}; echo EXIT=$?; "
+              f"sha256sum {disk}/gen.jsonl {disk}/rej.jsonl")
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=600)
+    assert "EXIT=0" not in proc.stdout and "EXIT=" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "no space left on this disk" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    for name in ("gen.jsonl", "rej.jsonl"):   # the previous outputs are untouched
+        assert hashlib.sha256((clean / name).read_bytes()).hexdigest() in proc.stdout
