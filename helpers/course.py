@@ -54,7 +54,7 @@ def start_notebook(nb_id: str, profile: str = "mini", run_dir: str | None = None
     prof = load_profile(profile)
     prof.require_device()
     work = paths.work_dir(run_dir)
-    logs.route(work, f"notebook-{nb_id}")   # engine/trainer logs to <run>/logs, not into the notebook
+    print(logs.pointer(logs.route(work, f"notebook-{nb_id}")))   # engine/trainer logs to <run>/logs
     _show_whole_text()
     ctx = NotebookContext(nb_id=nb_id, profile=prof, work_dir=work)
     existing = metrics_path(work, nb_id)

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import documents, io, paths, pii, split
+from . import dedup, documents, io, paths, pii, split
 from .errors import HelpersError
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -83,13 +83,6 @@ def committed_dir() -> Path:
     return paths.ROOT / "assets" / "kurs-mini"
 
 
-def _shingles(text: str, n: int = 5) -> set[str]:
-    import re
-
-    words = re.findall(r"\w+", text.lower())
-    return {" ".join(words[i:i + n]) for i in range(max(0, len(words) - n + 1))}
-
-
 def pretraining_documents(corpus: str | Path | None = None, rejects: list[dict] | None = None) -> dict:
     """The documents Kurs-Mini may learn from: PII-scrubbed, outside the gold eval split, no near-duplicates of it.
 
@@ -98,16 +91,10 @@ def pretraining_documents(corpus: str | Path | None = None, rejects: list[dict] 
     docs = documents.load_corpus(Path(corpus or paths.corpus_dir()), rejects)
     scrubbed = pii.scrub_documents(docs)
     eval_docs = {r["doc_id"] for r in split.gold_splits()["eval"]}
-    shingles = {d["doc_id"]: _shingles(d["text"]) for d in scrubbed}
-    near = set()
-    for d in scrubbed:
-        if d["doc_id"] in eval_docs:
-            continue
-        a = shingles[d["doc_id"]]
-        for e in eval_docs:
-            b = shingles.get(e, set())
-            if a and b and len(a & b) / len(a | b) > NEAR_DUPLICATE_JACCARD:
-                near.add(d["doc_id"])
+    shingles = {d["doc_id"]: dedup.shingles(d["text"]) for d in scrubbed}
+    near = {d["doc_id"] for d in scrubbed if d["doc_id"] not in eval_docs
+            and any(dedup.jaccard(shingles[d["doc_id"]], shingles[e]) > NEAR_DUPLICATE_JACCARD
+                    for e in eval_docs if e in shingles)}
     keep = [d for d in scrubbed if d["doc_id"] not in eval_docs and d["doc_id"] not in near]
     digest = hashlib.sha256("".join(d["doc_id"] + d["text"] for d in keep).encode()).hexdigest()[:16]
     return {"texts": [d["text"] for d in keep], "doc_ids": [d["doc_id"] for d in keep],

@@ -106,9 +106,6 @@ def _quiet_transformers() -> None:
 
 
 def pointer(path: Path | None = None) -> str:
-    """One line for the notebook: where the third-party logs of this notebook are, and how long they are."""
-    path = Path(path or _STATE.get("path") or "")
-    if not path or not path.is_file():
-        return "(kein Log-File)"
-    lines = path.read_text(encoding="utf-8", errors="replace").count("\n")
-    return f"Logs von vLLM, transformers & Co.: {path} ({lines} Zeilen)"
+    """The one line a notebook prints: where the third-party logs of this notebook go."""
+    path = path or _STATE.get("path")
+    return f"Logs von vLLM, transformers & Co.: {path}" if path else "(keine Log-Datei eingerichtet)"
