@@ -259,7 +259,8 @@ def add_cli(sub, profile: Profile) -> None:
     from .cliargs import profile_arg, progress_arg
 
     p = sub.add_parser("course", help="run the notebooks with papermill and write the report")
-    p.add_argument("action", choices=["run", "list", "report"])
+    p.add_argument("action", choices=["run", "list", "report", "audit"],
+                   help="audit: check a run's executed notebooks (log noise, references, unsupported numbers)")
     profile_arg(p, profile)
     p.add_argument("--only", nargs="+", default=None, help="notebook ids, e.g. 02 05.1")
     p.add_argument("--from", dest="start", default=None, help="resume from this notebook id")
@@ -278,6 +279,12 @@ def cmd_course(args) -> int:
     if args.action == "report":
         print(write_report(args.run_dir or latest_run_dir()))
         return 0
+    if args.action == "audit":
+        from . import nbaudit
+
+        findings = nbaudit.audit_run(args.run_dir or latest_run_dir(), args.profile)
+        print(nbaudit.report(findings))
+        return 0 if all(f.ok for f in findings) else 1
     if args.airgap:   # re-run this very command inside a namespace whose only interface is loopback
         import subprocess
         import sys

@@ -20,7 +20,6 @@ Each finding names the setting or command that fixes it. Exit code 1 if any chec
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,7 +158,3 @@ def table(findings: list[Finding]) -> str:
     rows = [f"{'ok ' if f.ok else 'ERR'} {f.check:<24} {f.detail}" + (f"\n    → {f.fix}" if f.fix and not f.ok else "")
             for f in findings]
     return "\n".join(rows)
-
-
-def as_json(findings: list[Finding]) -> str:
-    return json.dumps([f.__dict__ for f in findings], ensure_ascii=False, indent=2)

@@ -84,3 +84,14 @@ def test_allow_list_sources_contain_their_numbers():
 def test_mlflow_log_lines_count_as_noise():
     assert nbaudit.noise_lines("2026/11/30 04:55:12 INFO mlflow.tracking: run started\nSchritt 10/60 · Loss 5.2")  \
         == ["2026/11/30 04:55:12 INFO mlflow.tracking: run started"]
+
+
+def test_course_audit_command_fails_on_an_unsupported_number(tmp_path, capsys):
+    from helpers import cli
+
+    (tmp_path / "notebooks").mkdir()
+    _nb(tmp_path / "notebooks", [("code", "print(1)", "F1 0.45\n"), ("md", "F1 liegt bei 0,45.")], "03-a.ipynb")
+    assert cli.main(["course", "audit", "--run-dir", str(tmp_path)]) == 0
+    _nb(tmp_path / "notebooks", [("md", "Angeblich 0,77 korrekt.")], "05-b.ipynb")
+    assert cli.main(["course", "audit", "--run-dir", str(tmp_path)]) == 1
+    assert "05-b.ipynb: FAIL" in capsys.readouterr().out
