@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .evaluation import GERMAN, MEAN_METRICS, RATE_METRICS
+import numpy as np
+
+from .evaluation import GERMAN, MEAN_METRICS, RATE_METRICS, EvaluationError
 from .stats import bootstrap_ci
 
 

@@ -287,6 +287,7 @@ def add_cli(sub, profile: Profile) -> None:
 
 def cmd_evaluate(args) -> int:
     from .adapters import parse_adapters
+    from .evalreport import comparison_table, summary_table
 
     result = evaluate_to_file(args.profile, parse_adapters(args.adapter), args.output, args.eval,
                               limit=args.limit, max_tokens=args.max_tokens, n_boot=args.n_boot, seed=args.seed,
