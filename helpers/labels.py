@@ -61,16 +61,24 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def prompt_messages(record: dict) -> list[dict]:
+    """The prompt of a training record: its own ``messages`` (role adapters: QA writer, judge), else the course's
+    QA prompt from ``question`` and ``context``."""
+    if record.get("messages"):
+        return [dict(m) for m in record["messages"]]
+    return prompts.qa_messages(record["question"], record.get("context"))
+
+
 def encode(tokenizer, record: dict, max_length: int) -> dict:
     """One training example: input_ids and completion-only labels (assistant span + EOS).
 
     Raises TemplateError if the template breaks the prefix property or drops EOS, and ValueError (with
     ``reason``) when the example does not fit ``max_length`` -- it is never silently truncated.
     """
-    context = record.get("context")
+    conversation = prompt_messages(record)
     # system text folded into the first user turn where the template rejects the system role
-    prompt_text = chatformat.render(tokenizer, prompts.qa_messages(record["question"], context))
-    full_text = chatformat.render(tokenizer, prompts.qa_messages(record["question"], context, record["answer"]),
+    prompt_text = chatformat.render(tokenizer, conversation)
+    full_text = chatformat.render(tokenizer, conversation + [{"role": "assistant", "content": record["answer"]}],
                                   add_generation_prompt=False)
     prompt_ids, full_ids = _ids(tokenizer, prompt_text), _ids(tokenizer, full_text)
     if full_ids[:len(prompt_ids)] != prompt_ids:

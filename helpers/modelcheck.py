@@ -136,6 +136,24 @@ def check(profile: Profile, gpu_bytes: int | None = None) -> list[Finding]:
             fix = ("remove `chat_template` from the profile" if ships else
                    "set `chat_template: course-inst` in the profile (helpers/profiles.yaml)")
             findings.append(Finding("template setting", False, f"{getattr(profile, which)} {what}", fix))
+    for which in ("generator_model", "judge_model"):
+        name = getattr(profile, which)
+        if name == profile.model or (which == "judge_model" and name == profile.generator_model):
+            continue   # the same model as above: already checked
+        path, f = _local(profile, which)
+        findings.append(f)
+        if path is None:
+            continue
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+        except Exception as exc:  # noqa: BLE001
+            findings.append(Finding(f"{which} tokenizer", False, f"cannot load the tokenizer of {path}: {exc}"[:300],
+                                    "the model folder needs tokenizer files"))
+            continue
+        findings.append(Finding(f"{which} chat template", bool(tok.chat_template),
+                                f"{name} ships its own template" if tok.chat_template else
+                                f"{name} has no chat template; an instruct role needs the one it was tuned with",
+                                "" if tok.chat_template else f"name an instruct model as `{which}:` in the profile"))
     base = profile.base_model or profile.model
     same = base == profile.train_model
     findings.append(Finding("same base", same,

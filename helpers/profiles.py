@@ -140,6 +140,8 @@ class Profile:
     train_dtype: str | None = None     # None: the same as dtype
     base_model: str | None = None      # the base the serving weights derive from (e.g. an AWQ export); None: model
     chat_template: str | None = None   # "course-inst": a base model without template gets the course's [INST] one
+    generator_model: str | None = None  # the instruct model that writes QA pairs (`generate`); None: model
+    judge_model: str | None = None      # the instruct model that grades answers (`judge`); None: generator_model
 
     @property
     def serving_base(self) -> str:
@@ -149,6 +151,10 @@ class Profile:
     def __post_init__(self):
         if self.train_dtype is None:
             object.__setattr__(self, "train_dtype", self.dtype)
+        if self.generator_model is None:
+            object.__setattr__(self, "generator_model", self.model)
+        if self.judge_model is None:
+            object.__setattr__(self, "judge_model", self.generator_model)
         if self.chat_template not in (None, "course-inst"):
             raise ProfileError(f"Profile '{self.name}': chat_template must be `course-inst` (the course's [INST] "
                                f"template for base models) or left out, not {self.chat_template!r}.")

