@@ -160,6 +160,23 @@ def make_generator(profile: Profile, **overrides: Any):
     return inference.make_llm(profile, **kw)
 
 
+def make_writer(profile: Profile, **overrides: Any):
+    """The engine that writes QA pairs: the profile's generator model (an instruct model), with its writer adapter
+    merged in where the profile names one (``roles.serving_model``). Returns ``(llm, None, generator id)``; the
+    middle slot is the LoRA request, None because the adapter is merged."""
+    from . import roles
+
+    view = profile.instruct_view("generator")
+    llm = make_generator(view, model=roles.serving_model(profile, "generator"), **overrides)
+    return llm, None, generator_id(profile)
+
+
+def generator_id(profile: Profile) -> str:
+    """The generator as recorded in every record and in the progress header (model, plus LoRA name)."""
+    spec = profile.generator_adapter
+    return f"{profile.generator_model}+{Path(spec).name if spec else ''}".rstrip("+")
+
+
 def json_params(json_schema: dict, seed: int, max_tokens: int, temperature: float):
     """``SamplingParams`` decoding under a JSON schema: the one place they are built (generation, throughput)."""
     from vllm import SamplingParams
@@ -192,10 +209,10 @@ def build_requests(llm, profile: Profile, chunks: list[dict], cfg: DatasetSettin
 
 
 def generate_unit(llm, profile: Profile, chunks: list[dict], cfg: DatasetSettings, max_tokens: int | None = None,
-                  generator: str = "") -> tuple[list[dict], list[dict], int]:
+                  generator: str = "", lora_request=None) -> tuple[list[dict], list[dict], int]:
     """One ``llm.generate`` call for a unit: validated records, rejects (with raw text), output tokens."""
     texts, params, metas = build_requests(llm, profile, chunks, cfg, max_tokens)
-    outputs = llm.generate(texts, params, use_tqdm=False)
+    outputs = llm.generate(texts, params, use_tqdm=False, lora_request=lora_request)
     records, rejects, tokens = [], [], 0
     for (chunk, qa_type), out in zip(metas, outputs):
         comp = out.outputs[0]
@@ -233,7 +250,7 @@ def generate_file(chunks_path: str | Path, output: str | Path, rejects_path: str
     check_budget(cfg, profile.name)
     units = shard_units(work_units(chunks, cfg.unit_chunks), shard_i, shard_n)
     header = {"chunks_sha": file_sha(chunks_path), "limit": limit, "shard": f"{shard_i}/{shard_n}",
-              "model": profile.model, "profile": profile.name, "max_tokens": max_tokens or cfg.qa_max_tokens,
+              "model": generator_id(profile) if llm is None else profile.model, "profile": profile.name, "max_tokens": max_tokens or cfg.qa_max_tokens,
               "unit_chunks": cfg.unit_chunks, "chunk_min_tokens": cfg.chunk_min_tokens,
               "temperature": profile.generation.temperature, "types": list(TYPES),
               "question_max_chars": cfg.question_max_chars, "answer_max_chars": cfg.answer_max_chars,
@@ -255,11 +272,13 @@ def generate_file(chunks_path: str | Path, output: str | Path, rejects_path: str
     t0, new_tokens = time.time(), 0
     if pending:
         own_llm = llm is None
-        llm = llm or make_generator(profile)
+        lora, generator = None, header["model"]
+        if own_llm:   # the profile's writer (instruct model + LoRA); a passed engine is used as it is
+            llm, lora, generator = make_writer(profile)
         try:
             bar = tqdm(pending, desc=f"Generierung {shard_i}/{shard_n}", unit="Unit", disable=not progress)
             for u in bar:
-                recs, rejs, tokens = generate_unit(llm, profile, units[u], cfg, max_tokens, profile.model)
+                recs, rejs, tokens = generate_unit(llm, profile, units[u], cfg, max_tokens, generator, lora)
                 new_tokens += tokens
                 io.append_jsonl(prog, [{"unit": u, "chunk_ids": [c["id"] for c in units[u]], "records": recs,
                                         "rejects": rejs, "output_tokens": tokens}])

@@ -77,6 +77,9 @@ def build(out_dir: str | Path | None = None) -> Path:
     if unexpected or [k for k in missing if k != "lm_head.weight"]:   # lm_head is tied to the embeddings
         raise InstructModelError(f"The GGUF weights do not fit LlamaForCausalLM (missing {missing[:3]}, unexpected "
                                  f"{unexpected[:3]}).")
+    eos_id = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
+    if eos_id is not None:   # the end-of-turn token; some transformers versions read bos/eos wrongly from GGUF
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos_id)
     if not tokenizer.chat_template:
         raise InstructModelError(f"{source.name} carries no chat template; the instruct roles need one.")
     out.mkdir(parents=True, exist_ok=True)

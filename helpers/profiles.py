@@ -142,6 +142,19 @@ class Profile:
     chat_template: str | None = None   # "course-inst": a base model without template gets the course's [INST] one
     generator_model: str | None = None  # the instruct model that writes QA pairs (`generate`); None: model
     judge_model: str | None = None      # the instruct model that grades answers (`judge`); None: generator_model
+    generator_adapter: str | None = None  # a LoRA on generator_model: "writer" (assets/roles) or a folder; None: none
+    judge_adapter: str | None = None      # a LoRA on judge_model: "judge" (assets/roles) or a folder; None: none
+
+    def instruct_view(self, role: str) -> "Profile":
+        """This profile with the instruct model of ``role`` ("generator" or "judge") as its served model, so that
+        engines, LoRA checks and ``vllm serve`` flags work for that role exactly as for the course model."""
+        if role not in ("generator", "judge"):
+            raise ProfileError(f"Unknown instruct role '{role}': generator or judge.")
+        model = self.generator_model if role == "generator" else self.judge_model
+        if model == self.model:
+            return self
+        return dataclasses.replace(self, model=model, train_model=model, base_model=None, chat_template=None,
+                                   generator_model=model, judge_model=model)
 
     @property
     def serving_base(self) -> str:

@@ -191,7 +191,6 @@ def train(profile: Profile, train_records: list[dict], eval_records: list[dict] 
           progress: bool = True, run_name: str | None = None) -> TrainResult:
     """QLoRA-train an adapter into ``output_dir`` (checkpoints in ``output_dir``.checkpoints, resumable)."""
     import torch
-    from datasets import Dataset
     from peft import get_peft_model
     from transformers import Trainer, TrainingArguments, set_seed
 
@@ -258,8 +257,8 @@ def train(profile: Profile, train_records: list[dict], eval_records: list[dict] 
         print(f"Resuming from {checkpoint}" if checkpoint else f"--resume: no checkpoint in {ckpt_dir}, starting fresh")
     try:  # from here on a tracked run exists: any failure marks it FAILED instead of leaving it RUNNING
         with gpumem.advise(advice):
-            trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(train_enc),
-                              eval_dataset=Dataset.from_list(eval_enc) if eval_enc else None,
+            trainer = Trainer(model=model, args=args, train_dataset=_as_dataset(train_enc),
+                              eval_dataset=_as_dataset(eval_enc) if eval_enc else None,
                               data_collator=make_collator(tok, collator), processing_class=tok, callbacks=callbacks)
             if not progress:   # one compact line per logging step instead of the Trainer's printed dicts
                 from transformers.trainer_callback import PrinterCallback
@@ -295,6 +294,16 @@ def train(profile: Profile, train_records: list[dict], eval_records: list[dict] 
         tracker.end()
         io.write_json(output_dir / "training_info.json", info)
     return TrainResult(output_dir, info)
+
+
+def _as_dataset(examples: list[dict]):
+    """A ``datasets.Dataset`` of the encoded examples; a plain list (which the Trainer also takes) where the
+    ``datasets`` package is missing, as on a bare GPU runner."""
+    try:
+        from datasets import Dataset
+    except ImportError:
+        return examples
+    return Dataset.from_list(examples)
 
 
 def _loss_line_callback(total_steps: int):
