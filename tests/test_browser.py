@@ -2,12 +2,17 @@
 Chromium (the distribution's `chromium` and `chromium-driver`, driven by Selenium; nothing is downloaded).
 
 * Notebook 01 is run cell by cell through the UI (Shift+Enter), a cost slider is moved with the arrow keys, and
-  the break-even in the redrawn plot's legend must change to what the cost model gives for the new price.
+  the break-even in the redrawn plot's legend must change to what the cost model gives for the new price. The
+  kernel draws plots as SVG with text kept as text (``JupyterLabServer(svg_figures=True)``) so the legend can be
+  read; the notebook itself is unchanged.
 * The answer browser of 05.2 is rendered from the executed notebook in the course run folder (the widget state
   papermill saved) and must show the first evaluated question with every variant's answer.
 
-Screenshots go to ``<run>/browser/``. Where the browser packages or selenium are missing, the tests skip and
-say which. For development without the full course: ``COURSE_BROWSER_RUN_DIR=<run folder>`` uses that folder
+Each test runs in a network namespace with only loopback (helpers/airgap.py): the test re-runs itself there, so
+JupyterLab, its kernels, chromedriver and Chromium cannot reach anything beyond this machine; where no namespace
+can be made it runs here and says so. JupyterLab listens on 127.0.0.1 either way, and Chromium runs without its
+background networking. Screenshots go to ``<run>/browser/``. Where the browser packages or selenium are missing,
+the tests skip and say which. For development without the full course: ``COURSE_BROWSER_RUN_DIR=<run folder>`` uses that folder
 (for 05.2 one made by ``python -m helpers course run --only 05 05.2 --run-dir <run folder>``).
 """
 
@@ -17,6 +22,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -25,7 +32,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers import cost
+from helpers import airgap, cost
 from helpers.jupyterlab import JupyterLabServer
 
 pytestmark = pytest.mark.course
@@ -88,6 +95,28 @@ def browser(monkeypatch):
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def _ran_airgapped(request, run_dir: Path) -> bool:
+    """Outside the namespace: run this very test again inside one (pytest in a subprocess) and check it passed.
+    Returns True when that happened (the caller is done), False when the test must run right here."""
+    if os.environ.get("COURSE_BROWSER_AIRGAPPED") == "1":
+        return False
+    missing = _browser_missing()
+    if missing:
+        pytest.skip(missing)
+    reason = airgap.unavailable_reason()
+    if reason:
+        print(f"\nNOTE: browser test without network namespace ({reason}); JupyterLab on loopback only.")
+        return False
+    env = dict(os.environ, COURSE_BROWSER_AIRGAPPED="1", COURSE_BROWSER_RUN_DIR=str(run_dir))
+    cmd = airgap.command([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "course",
+                          f"{Path(__file__).relative_to(ROOT)}::{request.node.name}"])
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    out = proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, f"{request.node.name} failed inside the air-gapped namespace:\n{out}"
+    assert re.search(r"\b1 passed\b", proc.stdout), f"{request.node.name} did not pass inside the namespace:\n{out}"
+    return True
 
 
 # --------------------------------------------------------------------------- small waits (polls, no fixed sleeps)
@@ -183,9 +212,12 @@ def _shot(driver, element, path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- the tests
-def test_notebook_01_slider_moves_the_break_even(browser, run_dir):
+def test_notebook_01_slider_moves_the_break_even(request, run_dir):
     """Notebook 01 run cell by cell in JupyterLab; the API-price slider moved with the keyboard redraws the plot,
     and its legend's break-even follows the cost model for the new price."""
+    if _ran_airgapped(request, run_dir):
+        return
+    browser = request.getfixturevalue("browser")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -239,9 +271,12 @@ def test_notebook_01_slider_moves_the_break_even(browser, run_dir):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_notebook_052_answer_browser_renders(browser, run_dir):
+def test_notebook_052_answer_browser_renders(request, run_dir):
     """The executed 05.2 from the run folder, opened in JupyterLab, shows the answer browser with the first
     evaluated question, its reference and every variant's answer from <run>/evaluation/metrics.json."""
+    if _ran_airgapped(request, run_dir):
+        return
+    browser = request.getfixturevalue("browser")
     from selenium.webdriver.common.by import By
 
     executed = run_dir / "notebooks" / NB052
