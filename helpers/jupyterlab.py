@@ -3,8 +3,9 @@
 The browser test opens it in headless Chromium. Nothing in it reaches out: it listens on 127.0.0.1 only, the
 news feed, update check and PyPI extension manager are off, and its settings, workspaces and runtime files live
 in a fresh folder (no user settings, no restored workspace). With ``svg_figures`` inline plots come as SVG
-whose text stays text (the browser test reads the break-even legend of notebook 01's slider plot). Kernels get ``COURSE_RUN_DIR`` (so notebooks write
-into and read from that run folder) and this checkout's ``helpers`` first on ``PYTHONPATH``.
+whose text stays text (the browser test reads the break-even legend of notebook 01's slider plot). Kernels get
+``COURSE_RUN_DIR`` (notebooks write into and read from that run folder) and this checkout's ``helpers`` first on
+``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -115,3 +117,9 @@ class JupyterLabServer(LoopbackServer):
         """URL that opens one notebook (relative to ``root_dir``) in a fresh workspace, logged in by token."""
         quoted = urllib.parse.quote(Path(relative_path).as_posix())
         return f"{self.url}/lab/tree/{quoted}?reset&token={self.token}"
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop JupyterLab and its kernels; remove its settings/runtime folder unless the log lives there."""
+        super().stop(timeout)
+        if self.state_dir not in self.log_path.parents:
+            shutil.rmtree(self.state_dir, ignore_errors=True)

@@ -12,8 +12,8 @@ Each test runs in a network namespace with only loopback (helpers/airgap.py): th
 JupyterLab, its kernels, chromedriver and Chromium cannot reach anything beyond this machine; where no namespace
 can be made it runs here and says so. JupyterLab listens on 127.0.0.1 either way, and Chromium runs without its
 background networking. Screenshots go to ``<run>/browser/``. Where the browser packages or selenium are missing,
-the tests skip and say which. For development without the full course: ``COURSE_BROWSER_RUN_DIR=<run folder>`` uses that folder
-(for 05.2 one made by ``python -m helpers course run --only 05 05.2 --run-dir <run folder>``).
+the tests skip and say which. For development without the full course, ``COURSE_BROWSER_RUN_DIR=<run folder>``
+uses that folder (for 05.2 one made by ``python -m helpers course run --only 05 05.2 --run-dir <run folder>``).
 """
 
 from __future__ import annotations
