@@ -304,7 +304,8 @@ def test_notebook_052_answer_browser_renders(request, run_dir):
             assert f"{it['variant']} (finish_reason={it['finish_reason']}" in text
             assert " ".join(it["answer"].split()) in text, f"answer of {it['variant']} not shown"
         box = js("return arguments[0].closest('.widget-vbox');", view)
-        picks = [s.get_attribute("value") for s in box.find_elements(By.CSS_SELECTOR, "select")]
+        picks = [js("return arguments[0].options[arguments[0].selectedIndex].textContent.trim();", s)
+                 for s in box.find_elements(By.CSS_SELECTOR, "select")]
         assert picks == ["alle", first[0]["id"]]
         _shot(browser, box, shots / "05.2-answer-browser.png")
     finally:
