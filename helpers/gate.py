@@ -6,8 +6,8 @@ metrics where higher is better (thresholds per profile, ``GateSettings`` in help
 - ``stop_rate``: share of answers that stop by themselves (``evaluate``: ``stopped``)
 - ``refusal``: correct refusals on unanswerable questions (``evaluate``: ``refusal_correct``)
 - ``context_adherence``: answers grounded in the context (``evaluate``: ``grounded``)
-- ``judge_grade_share``: share of grade A among the judged answers (``helpers judge``; unparsed judgments count
-  as not A, never as a grade)
+- ``judge_grade_share``: share of grade A among the judged answers (``helpers judge``'s JSONL, one judge variant;
+  unparsed judgments count as not A, never as a grade)
 
 A metric passes when ``value >= threshold`` and, if there is a champion, ``value - champion >= min_change``.
 A missing metric fails. The judge can be left out only through the explicit setting ``--judge-policy skip``
@@ -64,6 +64,11 @@ def judge_grade_share(path: str | Path) -> dict:
     except json.JSONDecodeError:
         data = [json.loads(line) for line in text.splitlines() if line.strip()]
     items = _judgments(data)
+    variants = sorted({str(it["variant"]) for it in items if it.get("variant") is not None})
+    if len(variants) > 1:
+        return {"value": None, "n": len(items), "unparsed": None,
+                "reason": f"judgments of several judge variants {variants} in {path}: let one judge decide "
+                          "(`judge --no-base` with the judge adapter)"}
     grades = [next((str(it[k]).strip().upper() for k in GRADE_KEYS if it.get(k) is not None), None) for it in items]
     graded = [g for g in grades if g in ("A", "B", "C")]
     if not graded:

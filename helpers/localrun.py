@@ -368,7 +368,7 @@ def report_markdown(run_dir: str | Path, status: str) -> str:
             lines.append(f"| {m} | " + " | ".join(f"{_fmt(metrics['summary'][v][m]['value'])} "
                                                     f"(n={metrics['summary'][v][m]['n']})" for v in variants) + " |")
         lines.append("")
-    judge_path = run_dir / "eval" / "judge.json"
+    judge_path = run_dir / "eval" / "judge.jsonl"
     if judge_path.exists():
         share = gate.judge_grade_share(judge_path)
         lines += ["## Judge", "", f"Anteil Note A: {_fmt(share['value'])} (n={share['n']}, "

@@ -76,7 +76,7 @@ def steps(profile: Profile) -> list[Step]:
     p, d, n = profile.name, DATA, profile.pipeline.shards
     shard_out = f"{d}/generated/shard-{SHARD}.jsonl"
     limit = profile.dataset.generate_chunks
-    judge_file, champion = f"{d}/eval/judge.json", f"{d}/registry/champion.json"
+    judge_file, champion = f"{d}/eval/judge.jsonl", f"{d}/registry/champion.json"
     adapter = f"{d}/adapters/candidate"
     return [
         Step("chunk", ("chunk", "--profile", p, "--input", f"{d}/corpus", "--output", f"{d}/chunks.jsonl",
@@ -109,7 +109,7 @@ def steps(profile: Profile) -> list[Step]:
                           "--no-progress"),
              inputs=(adapter, f"{d}/splits/eval.jsonl"), outputs=(f"{d}/eval/metrics.json", f"{d}/eval/answers.jsonl"),
              after=("diagnose",), kind="gpu"),
-        Step("judge", ("judge", "--profile", p, "--input", f"{d}/eval/answers.jsonl", "--output", judge_file),
+        Step("judge", ("judge", "--profile", p, "--input", f"{d}/eval/answers.jsonl", "--output", judge_file, "--no-base"),
              inputs=(f"{d}/eval/answers.jsonl",), outputs=(judge_file,), kind="gpu", when=f"{JUDGE_PARAM} != skip"),
         Step("gate", ("gate", "--profile", p, "--metrics", f"{d}/eval/metrics.json", "--variant", "candidate",
                       "--judge", judge_file, "--judge-policy", JUDGE_PARAM, "--champion", champion,
@@ -487,6 +487,7 @@ def add_cli(sub, profile: Profile) -> None:
     p.add_argument("--until", default=None, metavar="STEP", help="run: this step and what it needs")
     p.add_argument("--only", default=None, metavar="STEP", help="run: just this step (its inputs must exist)")
     p.add_argument("--force", action="append", default=[], metavar="STEP", help="run: rerun STEP even if cached")
+    p.add_argument("--corpus", default=None, help="run: the folder /data/corpus maps to (default: the course corpus)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="run: a workflow parameter, e.g. judge=skip (logged by the gate)")
     p.add_argument("--status", default="Succeeded", help="report: the workflow status ({{workflow.status}})")
@@ -514,6 +515,7 @@ def cmd_pipeline(args) -> int:
     if not args.run_dir:
         raise PipelineError("pipeline run needs --run-dir (the folder that stands for the PVC /data).")
     params = dict(kv.split("=", 1) for kv in args.set)
-    result = localrun.run(doc, args.run_dir, params=params, until=args.until, only=args.only, force=args.force)
+    result = localrun.run(doc, args.run_dir, params=params, until=args.until, only=args.only, force=args.force,
+                          corpus=args.corpus)
     print(result.summary())
     return 0 if result.ok else 1

@@ -81,6 +81,10 @@ def test_judge_share_counts_unparsed_as_not_a(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps({"summary": {"kappa": 0.4}}))
     unknown = gate.judge_grade_share(tmp_path / "x.json")
     assert unknown["value"] is None and "no per-item grade" in unknown["reason"]
+    (tmp_path / "two.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"id": "1", "variant": "base", "grade": "A"}, {"id": "1", "variant": "judge", "grade": "C"}]))
+    mixed = gate.judge_grade_share(tmp_path / "two.jsonl")
+    assert mixed["value"] is None and "several judge variants" in mixed["reason"]
 
 
 def test_champion_record_is_the_baseline(tmp_path):

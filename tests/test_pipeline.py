@@ -309,11 +309,9 @@ def test_resume_after_a_kill(cheap):
     doc = cheap_graph(profile, chunk_after_split=True)          # order: qc, split, chunk (the slow one last)
     wf = run_dir.parent / "wf.yaml"
     wf.write_text(yaml.safe_dump(doc))
-    cmd = [sys.executable, "-m", "helpers", "pipeline", "run", "--workflow", str(wf), "--run-dir", str(run_dir)]
-    env = {**os.environ, "COURSE_DATA_DIR": str(corpus.parent / "data")}
-    shutil.copytree(paths.data_dir() / "gold", corpus.parent / "data" / "gold")
-    shutil.copytree(corpus, corpus.parent / "data" / "corpus")
-    proc = subprocess.Popen(cmd, cwd=paths.ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "helpers", "pipeline", "run", "--workflow", str(wf), "--run-dir", str(run_dir),
+           "--corpus", str(corpus)]
+    proc = subprocess.Popen(cmd, cwd=paths.ROOT, start_new_session=True, stdout=subprocess.DEVNULL)
     attempt = run_dir / localrun.STATE_DIR / "steps" / "chunk.attempt"
     deadline = time.time() + 120
     while not attempt.exists() and time.time() < deadline and proc.poll() is None:
@@ -323,7 +321,7 @@ def test_resume_after_a_kill(cheap):
     proc.wait()
     assert not (run_dir / localrun.STATE_DIR / "steps" / "chunk.json").exists()
     (run_dir / "chunk.state").write_text("resume state of the interrupted try")
-    again = subprocess.run(cmd, cwd=paths.ROOT, env=env, capture_output=True, text=True)
+    again = subprocess.run(cmd, cwd=paths.ROOT, capture_output=True, text=True)
     assert again.returncode == 0, again.stdout + again.stderr
     lines = {line.split()[0]: line.split()[1] for line in again.stdout.splitlines() if line.split()[:1] in
              (["qc"], ["split"], ["chunk"])}
@@ -363,7 +361,7 @@ def test_the_judge_step_is_never_faked(tmp_path):
     (tmp_path / "eval" / "answers.jsonl").write_text("{}\n")
     with pytest.raises(pipeline.PipelineError, match="no subcommand `judge`.*--set judge=skip"):
         runner.execute(inv, runner.key(inv))
-    assert not (tmp_path / "eval" / "judge.json").exists()
+    assert not (tmp_path / "eval" / "judge.jsonl").exists()
 
 
 def test_judge_skip_is_an_explicit_parameter(doc):
