@@ -500,18 +500,18 @@ def cmd_pipeline(args) -> int:
     if args.action == "export":
         print(f"wrote {export(args.profile, args.output)}")
         return 0
-    doc = load_yaml(args.workflow) if args.workflow else workflow_dict(args.profile)
-    if args.action == "check":
-        found = (round_trip_problems(doc) + graph_problems(doc) + placement_problems(doc, args.profile)
-                 + retry_problems(doc) + hygiene_problems(doc))
-        print("\n".join(found) or "workflow ok: round trip, graph contract, GPU placement, retries, hygiene")
-        return 1 if found else 0
     if args.action == "report":
         run_dir = Path(args.run_dir or DATA)
         out = Path(args.output) if args.output else run_dir / "report.md"
         localrun.write_report(run_dir, args.status, out)
         print(f"report ({args.status}) -> {out}")
         return 0
+    doc = load_yaml(args.workflow) if args.workflow else workflow_dict(args.profile)
+    if args.action == "check":
+        found = (round_trip_problems(doc) + graph_problems(doc) + placement_problems(doc, args.profile)
+                 + retry_problems(doc) + hygiene_problems(doc))
+        print("\n".join(found) or "workflow ok: round trip, graph contract, GPU placement, retries, hygiene")
+        return 1 if found else 0
     if not args.run_dir:
         raise PipelineError("pipeline run needs --run-dir (the folder that stands for the PVC /data).")
     params = dict(kv.split("=", 1) for kv in args.set)

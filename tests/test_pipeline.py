@@ -244,7 +244,7 @@ def cheap_graph(profile, chunk_after_split: bool = False) -> dict:
                        "--no-progress"), inputs=(f"{d}/corpus",), outputs=(f"{d}/chunks.jsonl",),
              state=(f"{d}/chunk.state",), after=("split",) if chunk_after_split else ()),
         Step("qc", ("qc", "--profile", profile.name, "--input", f"{d}/generated.jsonl", "--output", f"{d}/accepted.jsonl"),
-             inputs=(f"{d}/generated.jsonl",), outputs=(f"{d}/accepted.jsonl",)),
+             inputs=(f"{d}/generated.jsonl",), outputs=(f"{d}/accepted.jsonl",), state=(f"{d}/qc.state",)),
         Step("split", ("split", "--input", f"{d}/accepted.jsonl", "--output-dir", f"{d}/splits"),
              inputs=(f"{d}/accepted.jsonl",), outputs=(f"{d}/splits/train.jsonl", f"{d}/splits/eval.jsonl")),
     ]
@@ -333,13 +333,13 @@ def test_resume_state_is_dropped_when_the_inputs_changed(cheap):
     profile, run_dir, corpus = cheap
     doc = cheap_graph(profile)
     runner = localrun.Runner(doc, run_dir, corpus=corpus, echo=False)
-    inv = runner.invocations["chunk"][0]
-    attempt = runner.state_dir / "chunk.attempt"
+    inv = runner.invocations["qc"][0]
+    attempt = runner.state_dir / "qc.attempt"
     attempt.parent.mkdir(parents=True)
     attempt.write_text("key-of-an-older-input")
-    (run_dir / "chunk.state").write_text("stale")
+    (run_dir / "qc.state").write_text("stale")
     runner.execute(inv, runner.key(inv))
-    assert not (run_dir / "chunk.state").exists() and not attempt.exists()
+    assert not (run_dir / "qc.state").exists() and not attempt.exists()
 
 
 def test_a_step_without_its_subcommand_fails_clearly(cheap):
