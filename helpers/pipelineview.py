@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from .pipeline import ANN_CLASS, EXIT_HANDLER, task_edges, templates, topo_order
+from .pipeline import ANN_CLASS, EXIT_HANDLER, dag_tasks, task_edges, templates, topo_order
 
 COLORS = {"gpu": "#d95f02", "data": "#7570b3", "gate": "#e7298a", "release": "#1b9e77"}
 GERMAN = {"gpu": "GPU-Schritt", "data": "CPU-Schritt", "gate": "Gate (ohne Retry)", "release": "Release"}
@@ -16,7 +16,8 @@ def step_classes(doc: dict) -> dict[str, str]:
 
 
 def draw(doc: dict, ax=None, title: str | None = None):
-    """The DAG left to right in topological layers (networkx), coloured by step class; the exit handler below."""
+    """The DAG left to right in topological layers (networkx), coloured by step class; an edge that skips layers
+    (a file read further downstream, e.g. the adapter for register) is drawn as a dashed arc."""
     import matplotlib.pyplot as plt
     import networkx as nx
     from matplotlib.patches import Patch
@@ -30,11 +31,18 @@ def draw(doc: dict, ax=None, title: str | None = None):
     pos = nx.multipartite_layout(graph, subset_key="layer", align="vertical")
     pos = {n: (x, -y) for n, (x, y) in pos.items()}
     if ax is None:
-        _, ax = plt.subplots(figsize=(13, 3.6))
+        _, ax = plt.subplots(figsize=(14, 3.4))
     kinds = step_classes(doc)
-    nx.draw_networkx_edges(graph, pos, ax=ax, arrows=True, arrowsize=12, edge_color="#555", node_size=1400)
-    nx.draw_networkx_nodes(graph, pos, ax=ax, node_size=1400, node_color=[COLORS[kinds[n]] for n in graph])
-    nx.draw_networkx_labels(graph, pos, ax=ax, font_size=8, font_color="white")
+    fans = {t["name"]: t["withSequence"]["count"] for t in dag_tasks(doc) if "withSequence" in t}
+    layer = nx.get_node_attributes(graph, "layer")
+    near = [(a, b) for a, b in graph.edges if layer[b] - layer[a] == 1]
+    skip = [(a, b) for a, b in graph.edges if layer[b] - layer[a] > 1]
+    common = dict(ax=ax, arrows=True, arrowsize=12, edge_color="#555", node_size=1900)
+    nx.draw_networkx_edges(graph, pos, edgelist=near, **common)
+    nx.draw_networkx_edges(graph, pos, edgelist=skip, connectionstyle="arc3,rad=-0.35", style="dashed", **common)
+    nx.draw_networkx_nodes(graph, pos, ax=ax, node_size=1900, node_color=[COLORS[kinds[n]] for n in graph])
+    labels = {n: f"{n}\n×{fans[n]}" if n in fans else n for n in graph}
+    nx.draw_networkx_labels(graph, pos, labels=labels, ax=ax, font_size=7, font_color="white")
     ax.set_title(title or f"{doc['metadata']['name']}: {len(edges)} Tasks, onExit: {doc['spec'].get('onExit', EXIT_HANDLER)}")
     ax.legend(handles=[Patch(color=c, label=GERMAN[k]) for k, c in COLORS.items()], loc="lower right", fontsize=8)
     ax.axis("off")
