@@ -129,8 +129,9 @@ def table_markdown(result: dict) -> list[str]:
     lines = ["| Kennzahl | Wert | Schwelle | Champion | Änderung | Ergebnis |", "|---|---|---|---|---|---|"]
     for r in result["metrics"]:
         f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        verdict = ("ok" if r["ok"] else "FAIL") + ("" if r["reason"] == "ok" else f": {r['reason']}")
         lines.append(f"| {r['metric']} | {f(r['value'])} | {r['threshold']} | {f(r['champion'])} | {f(r['change'])} "
-                     f"| {'ok' if r['ok'] else 'FAIL'}: {r['reason']} |")
+                     f"| {verdict} |")
     return lines
 
 

@@ -150,12 +150,14 @@ class RunResult:
     failed: str | None = None
     message: str = ""
 
-    def summary(self) -> str:
-        lines = [f"{r['task']:<14} {r['status']:<22} {r['seconds']:6.1f} s" for r in self.records]
+    def summary(self, steps: bool = True) -> str:
+        """One line per task (``steps``) and a total; a failure with the first line of its message (the log
+        path), not the log's tail."""
+        lines = [f"{r['task']:<14} {r['status']:<22} {r['seconds']:6.1f} s" for r in self.records] if steps else []
         ran = sum(r["status"] == "ran" for r in self.records)
         cached = sum(r["status"].startswith("cached") for r in self.records)
-        lines.append(f"{ran} ran, {cached} cached" + (f"; FAILED at {self.failed}: {self.message}" if not self.ok else "")
-                     + f" (run folder {self.run_dir})")
+        failed = f"; FAILED at {self.failed}: {self.message.splitlines()[0]}" if not self.ok else ""
+        lines.append(f"{ran} ran, {cached} cached{failed} (run folder {self.run_dir})")
         return "\n".join(lines)
 
 

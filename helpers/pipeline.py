@@ -517,5 +517,5 @@ def cmd_pipeline(args) -> int:
     params = dict(kv.split("=", 1) for kv in args.set)
     result = localrun.run(doc, args.run_dir, params=params, until=args.until, only=args.only, force=args.force,
                           corpus=args.corpus)
-    print(result.summary())
+    print(result.summary(steps=False))     # the steps were printed as they ran
     return 0 if result.ok else 1
