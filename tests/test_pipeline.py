@@ -383,3 +383,26 @@ def test_shards_fan_out_and_paths_map_to_the_run_folder(doc, tmp_path):
     assert localrun.to_local("candidate=/data/adapters/x", m) == f"candidate={tmp_path.resolve()}/adapters/x"
     assert localrun.to_local("/data/corpus", m) == str(paths.corpus_dir().resolve())
     assert localrun.to_local("/database", m) == "/database"
+
+
+def test_register_and_deploy_run_as_graph_steps(tmp_path):
+    """The real graph's last two tasks with their mapped paths: MLflow store, registry and GitOps repo in the run."""
+    from helpers import release
+
+    doc = pipeline.workflow_dict(load_profile("mini"))
+    run_dir = tmp_path / "run"
+    (run_dir / "adapters" / "candidate").mkdir(parents=True)
+    (run_dir / "adapters" / "candidate" / "adapter_config.json").write_text('{"r": 16}')
+    (run_dir / "gate.json").write_text(json.dumps({"decision": "pass", "candidate": {"stop_rate": 1.0}, "metrics": []}))
+    for version in (1, 2):
+        (run_dir / "adapters" / "candidate" / "adapter_model.safetensors").write_bytes(f"weights {version}".encode())
+        for step in ("register", "deploy"):
+            result = localrun.run(doc, run_dir, only=step, echo=False)
+            assert result.ok, result.message
+        champion = json.loads((run_dir / "registry" / "champion.json").read_text())
+        assert champion["version"] == version
+        patch = (run_dir / "gitops" / pipeline.RELEASE_PATCH).read_text()
+        assert release.champion_ref(patch) == f"/adapters/souveraene-qa/v{version}"
+    log = release.git(run_dir / "gitops", "log", "--format=%s").splitlines()
+    assert log == ["deploy souveraene-qa v2 as champion", "import the course's manifests"]   # v1 was already there
+    assert (run_dir / "mlflow" / "mlflow.db").exists()
