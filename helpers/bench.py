@@ -22,6 +22,8 @@ TARGETS = {
     "engine_start_s": 40.0,       # vLLM offline engine start in notebook 02 (mini, 2 cores)
     "env_setup_s": 360.0,         # scripts/setup_env.sh with a warm package cache (recorded at setup)
     "make_test_s": 2400.0,        # the whole test session (recorded by the last `make test`)
+    "pipeline_full_s": 600.0,     # `pipeline run --profile mini` from an empty run folder (2 cores)
+    "pipeline_cached_s": 10.0,    # the same command again: every step cached
 }
 # Where setup and the test session record their own durations (read here, never asserted in a test).
 ENV_TIMING = ".course-env-seconds"
@@ -153,8 +155,32 @@ def bench_course() -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def bench_pipeline() -> dict:
+    """The whole pipeline on mini twice in one run folder: from scratch, then fully cached (post 10).
+
+    The workflow parameter judge is ``required`` unless ``PIPELINE_JUDGE=skip`` is set (printed with the results)."""
+    import os
+    import subprocess
+    import sys
+
+    judge = os.environ.get("PIPELINE_JUDGE", "required")
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        cmd = [sys.executable, "-m", "helpers", "pipeline", "run", "--profile", "mini", "--run-dir", tmp,
+               "--set", f"judge={judge}"]
+        out: dict = {"pipeline_judge": judge}
+        for key in ("pipeline_full_s", "pipeline_cached_s"):
+            t0 = time.time()
+            proc = subprocess.run(cmd, cwd=paths.ROOT, capture_output=True, text=True)
+            out[key] = round(time.time() - t0, 1)
+            print(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:], flush=True)
+        out["pipeline_gate"] = (io.read_json(Path(tmp) / "gate.json")["decision"]
+                                if (Path(tmp) / "gate.json").exists() else None)
+    return out
+
+
 BENCHMARKS = {"course": bench_course, "notebooks": bench_notebooks_01_02, "model": bench_kurs_mini_build, "lora": bench_lora_overhead,
-              "generation": bench_generation_batching, "train": bench_train_mini}
+              "generation": bench_generation_batching, "train": bench_train_mini,
+              "pipeline": bench_pipeline}
 
 
 def run(names: list[str] | None = None) -> dict:

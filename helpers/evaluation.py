@@ -239,7 +239,7 @@ def report(items: Sequence[dict], base: str = "base", n_boot: int = N_BOOT, seed
 def evaluate_to_file(profile: Profile, adapters: dict[str, str] | None, output: str | Path,
                      eval_path: str | Path | None = None, limit: int | None = None, max_tokens: int | None = None,
                      n_boot: int = N_BOOT, seed: int = 0, progress: bool = True,
-                     rejects_path: str | Path | None = None) -> dict:
+                     rejects_path: str | Path | None = None, answers_path: str | Path | None = None) -> dict:
     """The CLI step: load + validate the eval set, run, score, write per-item results and summary atomically.
 
     ``output`` (JSON) gets config, summary, comparisons and items; rejected eval records go to
@@ -261,7 +261,18 @@ def evaluate_to_file(profile: Profile, adapters: dict[str, str] | None, output: 
                    "n_boot": n_boot, "seed": seed, "grounded_overlap": GROUNDED_OVERLAP},
         **report(items, n_boot=n_boot, seed=seed), "items": items}
     io.write_json(output, result)
+    if answers_path:
+        write_answers(answers_path, records, items, next(iter(adapters or {}), "base"))
     return result
+
+
+def write_answers(path: str | Path, records: Sequence[dict], items: Sequence[dict], variant: str) -> int:
+    """One variant's answers as judge input: {id, question, context, answer, reference, type, variant, finish_reason}."""
+    by_id = {r["id"]: r for r in records}
+    return io.write_jsonl(path, [{"id": it["id"], "question": it["question"], "context": by_id[it["id"]]["context"],
+                                  "answer": it["answer"], "reference": it["reference"], "type": it["type"],
+                                  "variant": variant, "finish_reason": it["finish_reason"]}
+                                 for it in items if it["variant"] == variant])
 
 
 # --------------------------------------------------------------------------- command line
@@ -276,6 +287,8 @@ def add_cli(sub, profile: Profile) -> None:
                    help="evaluation JSONL (id, question, context, answer, type); default: the gold held-out split")
     p.add_argument("--output", required=True, help="metrics JSON (summary, comparisons, per-item results)")
     p.add_argument("--rejects", default=None, help=f"rejects JSONL (default: rejects/{STAGE}.jsonl beside --output)")
+    p.add_argument("--answers", default=None, metavar="F", help="also write the first adapter's answers with their "
+                                                                "context as JSONL (the judge's input)")
     p.add_argument("--limit", type=int, default=None, help="evaluate a seeded sample of N records")
     p.add_argument("--max-tokens", type=int, default=profile.generation.max_tokens,
                    help="output tokens per answer (default: the profile's generation.max_tokens, %(default)s)")
@@ -291,7 +304,8 @@ def cmd_evaluate(args) -> int:
 
     result = evaluate_to_file(args.profile, parse_adapters(args.adapter), args.output, args.eval,
                               limit=args.limit, max_tokens=args.max_tokens, n_boot=args.n_boot, seed=args.seed,
-                              progress=not args.no_progress, rejects_path=args.rejects)
+                              progress=not args.no_progress, rejects_path=args.rejects,
+                              answers_path=args.answers)
     print(summary_table(result["summary"]).to_string(index=False))
     for name, comp in result["comparisons"].items():
         print(f"\nbase vs {name} (paired):")

@@ -18,7 +18,7 @@ MANIFEST_DIR = paths.ROOT / "manifests"
 K8S_VERSION = "1.31"
 # The profile each deploy target mirrors: `helpers serve --profile <p>` and the target's Deployment must start
 # the same engine (checked by tests/test_manifests.py through profile_mismatches).
-PROFILE_OF = {"base": "l4", "l4": "l4", "t4": "t4", "lora": "l4"}
+PROFILE_OF = {"base": "l4", "l4": "l4", "t4": "t4", "lora": "l4", "release": "l4"}
 # vLLM flags that come from the profile; the model path, names, host, port and adapter list do not.
 PROFILE_FLAGS = ("dtype", "max-model-len", "max-num-seqs", "gpu-memory-utilization", "quantization",
                  "enforce-eager", "enable-lora", "max-lora-rank", "max-loras")
@@ -184,3 +184,35 @@ def deployment_args(target: str = "lora") -> list[str]:
     """The vLLM container arguments a manifest target deploys (for the notebook)."""
     dep = next(d for d in render(target) if d["kind"] == "Deployment")
     return list(dep["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+# --------------------------------------------------------------------------- checkov (static security checks)
+CHECKOV_CONFIG = MANIFEST_DIR / ".checkov.yaml"   # the justified skip list
+
+
+def checkov_bin() -> str | None:
+    """checkov runs from its own venv (it pins packaging<24): $CHECKOV, .venv-tools/bin/checkov, or PATH."""
+    import os
+    import shutil
+
+    for cand in (os.environ.get("CHECKOV"), str(paths.ROOT / ".venv-tools" / "bin" / "checkov"), shutil.which("checkov")):
+        if cand and Path(cand).exists():
+            return cand
+    return None
+
+
+def checkov_findings(directory: str | Path = MANIFEST_DIR, config: str | Path = CHECKOV_CONFIG) -> set[str]:
+    """Failed checks as ``"CHECK_ID kind.namespace.name"`` (offline, with the committed skip list)."""
+    import json
+    import subprocess
+
+    exe = checkov_bin()
+    if exe is None:
+        raise FileNotFoundError("checkov is not installed: scripts/setup_env.sh puts it into .venv-tools")
+    proc = subprocess.run([exe, "-d", str(directory), "--config-file", str(config), "-o", "json", "--quiet",
+                           "--compact"], capture_output=True, text=True)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"checkov failed ({proc.returncode}): {proc.stderr[-500:]}")
+    reports = json.loads(proc.stdout or "[]")
+    reports = reports if isinstance(reports, list) else [reports]
+    return {f"{c['check_id']} {c['resource']}" for r in reports for c in r.get("results", {}).get("failed_checks", [])}

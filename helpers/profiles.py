@@ -117,9 +117,35 @@ class DatasetSettings:
     bench_max_tokens: int = 64      # output tokens per request in the throughput comparison
 
 
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The Argo workflow of post 10 (helpers.pipeline): image, GPU placement, sharding, hygiene."""
+    image: str = "ghcr.io/souveraene-llms/course:0.4.0"  # the course image, pinned (tag or @sha256 digest)
+    shards: int = 1                     # `generate --shard i/N` tasks (one GPU each on the cluster)
+    gpus_per_step: int = 1              # nvidia.com/gpu, requests = limits
+    gpu_concurrency: int = 1            # GPU steps running at once (the semaphore's ConfigMap value)
+    gpu_node_selector: dict[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    gpu_tolerations: list[dict] = field(default_factory=lambda: [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    gpu_cpu: str = "4"                  # CPU request of a GPU step
+    gpu_memory: str = "32Gi"            # memory request = limit of a GPU step
+    cpu_memory: str = "4Gi"             # memory request = limit of a CPU step
+    deadline_hours: float = 8           # activeDeadlineSeconds of the whole workflow
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """Promotion gate (helpers.gate): absolute minima plus the minimum change against the champion."""
+    stop_rate: float = 0.9              # share of answers that stop by themselves (evaluate: stopped)
+    refusal: float = 0.5                # correct refusals on unanswerable questions (evaluate: refusal_correct)
+    judge_grade_share: float = 0.3      # share of judge grade A (helpers judge)
+    context_adherence: float = 0.3      # answers grounded in the context (evaluate: grounded)
+    min_change: float = 0.0             # candidate - champion on every metric must be at least this
+
+
 BLOCKS: dict[str, type] = {"vllm": VLLMSettings, "generation": GenerationSettings, "lora": LoraSettings,
                            "train": TrainSettings, "samples": SampleSettings, "server": ServerSettings,
-                           "dataset": DatasetSettings}
+                           "dataset": DatasetSettings, "pipeline": PipelineSettings, "gate": GateSettings}
 
 
 @dataclass(frozen=True)
@@ -137,6 +163,8 @@ class Profile:
     samples: SampleSettings = field(default_factory=SampleSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    gate: GateSettings = field(default_factory=GateSettings)
     train_dtype: str | None = None     # None: the same as dtype
     base_model: str | None = None      # the base the serving weights derive from (e.g. an AWQ export); None: model
     chat_template: str | None = None   # "course-inst": a base model without template gets the course's [INST] one

@@ -43,6 +43,13 @@ fi
 import torch, transformers, peft, bitsandbytes, vllm  # noqa: F401  (fails loudly if the stack is broken)
 print(f"environment ok: torch {torch.__version__}, transformers {transformers.__version__}, vllm {vllm.__version__}")
 PY
+# checkov (the manifest scan of tests/test_pipeline.py) pins packaging<24, which the course stack cannot use:
+# it gets its own venv beside this one and runs as a program.
+tools="${TOOLS_VENV:-$(dirname "$venv")/.venv-tools}"
+[ -x "$tools/bin/python" ] || "$py" -m venv "$tools"
+"$tools/bin/python" -m pip install -q --upgrade pip
+"$tools/bin/python" -m pip install -q "checkov==3.3.30"
+"$tools/bin/checkov" --version >/dev/null && echo "checkov ok in $tools"
 # the setup's own duration, printed by `make bench` against its budget (warm package cache: 6 minutes)
 echo "$(( $(date +%s) - started )) seconds, $(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$venv/.course-env-seconds"
 echo "environment set up in $(( $(date +%s) - started )) s"
