@@ -13,12 +13,12 @@ import errno
 import sys
 
 from . import (bench, bench_gpu, chunking, course, dataset, diagnose, evaluation, generation, models, pdfdocs, qc,
-               serve, sovereign, split, training)
+               router, serve, sovereign, split, training)
 from .errors import HelpersError
 from .profiles import Profile, default_name, load_profile
 
 # in pipeline order: the order of `python -m helpers --help`
-STEP_MODULES = (models, serve, dataset, chunking, generation, qc, split, training, diagnose, evaluation,
+STEP_MODULES = (models, serve, dataset, chunking, generation, qc, split, training, diagnose, evaluation, router,
                 course, pdfdocs, bench, bench_gpu, sovereign)
 
 
