@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import router, sequential
+from helpers import abmanifests, router, sequential
 
 
 def _cfg(upstream="http://127.0.0.1:9", arms=(("v1", "a", 50), ("v2", "b", 50)), **kw):
@@ -177,5 +177,9 @@ def test_a_missing_adapter_is_refused_at_start_and_a_crashed_arm_errors_then_tri
         assert len(trips) == 1 and trips[0]["arm"] == "v2" and trips[0]["weights"] == {"v1": 50, "v2": 0}
         assert all(x["arm"] == "v1" for x in log if "event" not in x and x["ts"] > trips[0]["ts"])
         assert r.state()["effective_weights"] == {"v1": 50, "v2": 0}
-        assert _metric(httpx.get(f"{r.url}/metrics").text, "ab_router_arm_weight", arm="v2") == 0
+        metrics = httpx.get(f"{r.url}/metrics").text
+        assert _metric(metrics, "ab_router_arm_weight", arm="v2") == 0
+        # every ab_router_* name the Grafana A/B dashboard queries is exported by the live router
+        exposed = {line.split("{")[0].split(" ")[0] for line in metrics.splitlines() if not line.startswith("#")}
+        assert abmanifests.dashboard_metric_names() - exposed == set()
         assert all(x["response_model"] in (None, x["adapter"]) for x in log if "event" not in x)
