@@ -22,6 +22,8 @@ TARGETS = {
     "engine_start_s": 40.0,       # vLLM offline engine start in notebook 02 (mini, 2 cores)
     "env_setup_s": 360.0,         # scripts/setup_env.sh with a warm package cache (recorded at setup)
     "make_test_s": 2400.0,        # the whole test session (recorded by the last `make test`)
+    "router_added_p50_ms": 2.0,   # A/B router on loopback: added median latency per request (issue 16)
+    "router_direct_over_routed": 1 / 0.95,   # direct vLLM ÷ routed requests/s at the same concurrency (≥ 95 %)
 }
 # Where setup and the test session record their own durations (read here, never asserted in a test).
 ENV_TIMING = ".course-env-seconds"
@@ -113,6 +115,68 @@ def bench_lora_overhead(n_prompts: int = 16, max_tokens: int = 64, profile_name:
     return out
 
 
+def bench_ab_router(n_seq: int = 40, n_conc: int = 64, concurrency: int = 16, max_tokens: int = 8) -> dict:
+    """The A/B router's overhead on loopback, in one run against one real vLLM (two random rank-8 adapters).
+
+    Latency: ``n_seq`` sequential one-token requests, direct and through the router interleaved (so drift on a
+    shared machine hits both alike); added p50 = median(routed) - median(direct). Throughput: ``n_conc``
+    requests at ``concurrency`` in flight, direct vs routed, best of two rounds each.
+    """
+    import statistics
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from . import adapters, router, serve
+
+    profile = load_profile("mini")
+    out: dict = {}
+    body = {"messages": [{"role": "user", "content": "Wie erreiche ich den Service Desk?"}], "temperature": 0.0}
+    with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
+        dirs = {n: adapters.random_adapter(Path(tmp) / n, r=8, seed=i) for i, n in enumerate(("a", "b"), 1)}
+        with serve.lora_server(profile, dirs, log_path=Path(tmp) / "vllm.log") as vllm:
+            cfg = router.ABConfig(experiment="bench", virtual_model="faq", upstream=vllm.url,
+                                  arms=(router.Arm("v1", "a", 100), router.Arm("v2", "b", 0)))
+            with router.RouterServer(router.write_config(cfg, Path(tmp) / "ab.yaml")) as r, \
+                    httpx.Client(timeout=120) as client:
+                def direct(tokens):
+                    return client.post(f"{vllm.url}/v1/chat/completions",
+                                       json={**body, "model": "a", "max_tokens": tokens}).raise_for_status()
+
+                def routed(tokens):
+                    return client.post(f"{r.url}/v1/chat/completions", headers={"x-user-id": "bench-user"},
+                                       json={**body, "model": "faq", "max_tokens": tokens}).raise_for_status()
+
+                for _ in range(5):
+                    direct(1), routed(1)        # warm-up: adapter load, connection pools
+                lat = {"direct": [], "routed": []}
+                for _ in range(n_seq):
+                    for name, fn in (("direct", direct), ("routed", routed)):
+                        t0 = time.perf_counter()
+                        fn(1)
+                        lat[name].append(time.perf_counter() - t0)
+                p50 = {k: statistics.median(v) * 1000 for k, v in lat.items()}
+                out.update({"router_direct_p50_ms": round(p50["direct"], 2), "router_routed_p50_ms": round(p50["routed"], 2),
+                            "router_added_p50_ms": round(p50["routed"] - p50["direct"], 2)})
+
+                def rps(fn) -> float:
+                    best = 0.0
+                    for _ in range(2):
+                        with ThreadPoolExecutor(concurrency) as pool:
+                            t0 = time.perf_counter()
+                            list(pool.map(lambda _: fn(max_tokens), range(n_conc)))
+                            best = max(best, n_conc / (time.perf_counter() - t0))
+                    return best
+
+                direct_rps, routed_rps = rps(direct), rps(routed)
+    out.update({"router_direct_rps": round(direct_rps, 2), "router_routed_rps": round(routed_rps, 2),
+                "router_direct_over_routed": round(direct_rps / routed_rps, 3), "router_concurrency": concurrency})
+    print(f"router: added p50 {out['router_added_p50_ms']} ms (target <= 2 ms); throughput {routed_rps:.1f} vs "
+          f"direct {direct_rps:.1f} req/s at concurrency {concurrency} = {routed_rps / direct_rps:.1%} (target >= 95 %)",
+          flush=True)
+    return out
+
+
 def bench_generation_batching() -> dict:
     """Offline batching vs the sequential per-request loop, same generation prompts, one run (issue 4)."""
     from . import throughput
@@ -154,7 +218,7 @@ def bench_course() -> dict:
 
 
 BENCHMARKS = {"course": bench_course, "notebooks": bench_notebooks_01_02, "model": bench_kurs_mini_build, "lora": bench_lora_overhead,
-              "generation": bench_generation_batching, "train": bench_train_mini}
+              "generation": bench_generation_batching, "train": bench_train_mini, "router": bench_ab_router}
 
 
 def run(names: list[str] | None = None) -> dict:

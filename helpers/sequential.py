@@ -48,9 +48,9 @@ class Plan:
 
     metric: str = "refusal_correct"
     alpha: float = 0.05
-    min_effect: float = 0.2
-    looks: tuple[int, ...] = (40, 80, 120, 160, 200)
-    min_per_arm: int = 10
+    min_effect: float = 0.3
+    looks: tuple[int, ...] = (20, 40, 60, 80)
+    min_per_arm: int = 8
 
     def __post_init__(self):
         if not 0 < self.alpha < 1:
