@@ -76,16 +76,17 @@ def simulated_users(n: int, records: Sequence[dict] | None = None, unanswerable_
             for i in range(n)]
 
 
-def ask_router(router_url: str, user: dict, max_tokens: int, fold_system: bool = False, timeout: float = 120) -> dict:
-    """One user's question through the router; returns the scored outcome with the router's arm headers."""
+def ask_router(router_url: str, user: dict, max_tokens: int, prepare: Callable | None = None,
+               timeout: float = 120) -> dict:
+    """One user's question through the router; returns the scored outcome with the router's arm headers.
+
+    ``prepare``: the served template's message adapter (``VLLMServer.prepare_messages``), where it needs one."""
     import httpx
 
     rec = user["record"]
     messages = prompts.qa_messages(rec["question"], rec["context"])
-    if fold_system:
-        from .chatformat import fold_system as fold
-
-        messages = fold(messages)
+    if prepare is not None:
+        messages = prepare(messages)
     t0 = time.perf_counter()
     resp = httpx.post(f"{router_url}/v1/chat/completions", timeout=timeout, headers={"x-user-id": user["user"]},
                       json={"model": "faq", "messages": messages, "max_tokens": max_tokens, "temperature": 0.0})
@@ -108,7 +109,7 @@ def metric_stream(outcomes: Sequence[dict], metric: str) -> list[tuple[str, bool
 
 
 def run_experiment(router_url: str, users: Sequence[dict], plan: sequential.Plan, max_tokens: int = 48,
-                   concurrency: int = 16, time_budget_s: float = 120, fold_system: bool = False) -> dict:
+                   concurrency: int = 16, time_budget_s: float = 120, prepare: Callable | None = None) -> dict:
     """Send users in order, batch by batch up to each look; decide at every look; stop at the first
     decision, at max n or when the time budget is spent (then: no decision, traffic unchanged)."""
     outcomes: list[dict] = []
@@ -122,7 +123,7 @@ def run_experiment(router_url: str, users: Sequence[dict], plan: sequential.Plan
                 batch = [u for _, u in zip(range(concurrency), it)]
                 if not batch:
                     break
-                outcomes += list(pool.map(lambda u: ask_router(router_url, u, max_tokens, fold_system), batch))
+                outcomes += list(pool.map(lambda u: ask_router(router_url, u, max_tokens, prepare), batch))
                 if time.time() - t0 > time_budget_s:
                     break
             decision = sequential.decide_stream(plan, metric_stream(outcomes, plan.metric))

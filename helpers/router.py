@@ -25,7 +25,7 @@ by integer weights, rewrites ``model`` to the arm's adapter name and forwards th
   above 0, duplicate arm or adapter names.
 """
 
-import asyncio
+import contextlib
 import hashlib
 import json
 import math
@@ -187,6 +187,15 @@ def assign(experiment: str, unit: str, weights: dict[str, int]) -> str:
         if w > 0 and x < acc:
             return name
     return next(n for n, w in reversed(weights.items()) if w > 0)
+
+
+def assignment_moves(experiment: str, units: list[str], before: dict[str, int], after: dict[str, int]):
+    """How many units change arm when the weights go from ``before`` to ``after`` (a from x to table)."""
+    import pandas as pd
+
+    pairs = [(assign(experiment, u, before), assign(experiment, u, after)) for u in units]
+    table = pd.crosstab(pd.Series([a for a, _ in pairs], name="vorher"), pd.Series([b for _, b in pairs], name="nachher"))
+    return table
 
 
 # --------------------------------------------------------------------------- preflight
@@ -396,10 +405,17 @@ def create_app(config_path: str | Path, transport=None):
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     state = RouterState(config_path)
-    app = FastAPI(title="A/B router", docs_url=None, redoc_url=None)
-    app.state.ab = state
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
     clients: dict[str, httpx.AsyncClient] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        for c in clients.values():
+            await c.aclose()
+
+    app = FastAPI(title="A/B router", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.ab = state
 
     def client() -> httpx.AsyncClient:
         up = state.cfg.upstream
@@ -407,11 +423,6 @@ def create_app(config_path: str | Path, transport=None):
             clients[up] = httpx.AsyncClient(base_url=up, timeout=httpx.Timeout(600, connect=10), limits=limits,
                                             transport=transport)
         return clients[up]
-
-    @app.on_event("shutdown")
-    async def _close():
-        for c in clients.values():
-            await c.aclose()
 
     @app.get("/health")
     async def health():
