@@ -165,6 +165,26 @@ def arm_summary(outcomes: Sequence[dict]):
     return pd.DataFrame(rows)
 
 
+def tradeoff(outcomes: Sequence[dict], margin: float = 0.1) -> str:
+    """What the refusal numbers of v1 and v2 mean together, in German (for the notebook): more correct
+    refusals are only progress if v2 does not also refuse answerable questions (``false_refusal``) more often."""
+    table = arm_summary(outcomes).set_index("arm")
+    rc, fr = table["refusal_correct"], table["false_refusal"]
+    lines = [f"korrekt verweigert (unbeantwortbar): v1 {rc['v1']:.2f} (n={table.loc['v1', 'n_unanswerable']}), "
+             f"v2 {rc['v2']:.2f} (n={table.loc['v2', 'n_unanswerable']})",
+             f"fälschlich verweigert (beantwortbar): v1 {fr['v1']:.2f} (n={table.loc['v1', 'n_answerable']}), "
+             f"v2 {fr['v2']:.2f} (n={table.loc['v2', 'n_answerable']})"]
+    if rc["v2"] > rc["v1"] + margin and fr["v2"] > fr["v1"] + margin:
+        lines.append("Lesart: v2 verweigert öfter, aber auch bei beantwortbaren Fragen. Das ist eine echte "
+                     "Verhaltensänderung, kein besserer Assistent: Vor einem Rollout gehört eine Schranke für "
+                     "false_refusal in den Plan.")
+    elif rc["v2"] > rc["v1"] + margin:
+        lines.append("Lesart: v2 verweigert öfter richtig, ohne deutlich mehr beantwortbare Fragen abzulehnen.")
+    else:
+        lines.append("Lesart: kein deutlicher Vorteil von v2 bei den Verweigerungen.")
+    return "\n".join(lines)
+
+
 def attach_judge_grades(outcomes: Sequence[dict], grade: Callable[[str, str, str], float | bool | None],
                         judge_info: dict) -> list[dict]:
     """Fill ``judge_grade`` from ``grade(question, context, answer)`` (the judge module's function): the judge

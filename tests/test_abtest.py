@@ -66,3 +66,20 @@ def test_a_bounded_run_through_the_real_router_ends_without_a_decision_and_logs_
     table = abtest.arm_summary(res["outcomes"])
     assert set(table["arm"]) == {"v1", "v2"} and table["requests"].sum() == 32
     assert Counter(o["arm"] for o in res["outcomes"]) == dict(zip(table["arm"], table["requests"]))
+
+
+def _outcome(arm, type_, refused):
+    ans = type_ != "unanswerable"
+    return {"arm": arm, "adapter": f"faq-{arm}", "status": 200, "latency_s": 0.1, "stopped": True,
+            "refusal_correct": None if ans else refused, "false_refusal": refused if ans else None}
+
+
+def test_tradeoff_reads_correct_and_false_refusals_together():
+    blanket = ([_outcome("v1", "unanswerable", False)] * 10 + [_outcome("v1", "factual", False)] * 10
+               + [_outcome("v2", "unanswerable", True)] * 10 + [_outcome("v2", "factual", True)] * 10)
+    text = abtest.tradeoff(blanket)
+    assert "v1 0.00 (n=10), v2 1.00 (n=10)" in text and "auch bei beantwortbaren" in text
+    clean = blanket[:30] + [_outcome("v2", "factual", False)] * 10
+    assert "ohne deutlich mehr" in abtest.tradeoff(clean)
+    assert "kein deutlicher Vorteil" in abtest.tradeoff(blanket[:20] + [_outcome("v2", "unanswerable", False)] * 10
+                                                        + [_outcome("v2", "factual", False)] * 10)
