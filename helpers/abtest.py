@@ -208,7 +208,7 @@ def plot_arms(outcomes: Sequence[dict], title: str = "A/B-Test je Arm"):
 
     table = arm_summary(outcomes)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    keys = [("refusal_correct", "korrekt verweigert"), ("false_refusal", "fälschlich verweigert"),
+    keys = [("refusal_correct", "korrekt\nverweigert"), ("false_refusal", "fälschlich\nverweigert"),
             ("stop_rate", "Stop-Rate")]
     width = 0.8 / max(len(table), 1)
     for i, row in table.reset_index(drop=True).iterrows():
