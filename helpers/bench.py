@@ -124,7 +124,7 @@ def bench_ab_router(n_seq: int = 40, n_conc: int = 64, concurrency: int = 16, ma
     the router's cost from that.
     Latency: ``n_seq`` sequential one-token requests, direct and through the router interleaved (so drift on a
     shared machine hits both alike); added p50 = median(routed) - median(direct). Throughput: ``n_conc``
-    requests at ``concurrency`` in flight, direct vs routed, best of two rounds each.
+    requests at ``concurrency`` in flight, direct vs routed, three interleaved rounds, best of each.
     """
     import statistics
     from concurrent.futures import ThreadPoolExecutor
@@ -164,22 +164,23 @@ def bench_ab_router(n_seq: int = 40, n_conc: int = 64, concurrency: int = 16, ma
                             "router_added_p50_ms": round(p50["routed"] - p50["direct"], 2)})
 
                 def rps(fn) -> float:
-                    best = 0.0
-                    for _ in range(2):
-                        with ThreadPoolExecutor(concurrency) as pool:
-                            t0 = time.perf_counter()
-                            list(pool.map(lambda _: fn(max_tokens), range(n_conc)))
-                            best = max(best, n_conc / (time.perf_counter() - t0))
-                    return best
+                    with ThreadPoolExecutor(concurrency) as pool:
+                        t0 = time.perf_counter()
+                        list(pool.map(lambda _: fn(max_tokens), range(n_conc)))
+                        return n_conc / (time.perf_counter() - t0)
 
                 def cpu_s(pid: int) -> float:   # user + system CPU seconds of the router process
                     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-                direct_rps = rps(direct)
-                cpu0 = cpu_s(r.process.pid)
-                routed_rps = rps(routed)
-                router_cpu_ms = (cpu_s(r.process.pid) - cpu0) * 1000 / (2 * n_conc)
+                rounds, cpu = {"direct": [], "routed": []}, 0.0
+                for _ in range(3):      # interleaved rounds, best of each: load changes hit both alike
+                    rounds["direct"].append(rps(direct))
+                    cpu0 = cpu_s(r.process.pid)
+                    rounds["routed"].append(rps(routed))
+                    cpu += cpu_s(r.process.pid) - cpu0
+                direct_rps, routed_rps = max(rounds["direct"]), max(rounds["routed"])
+                router_cpu_ms = cpu * 1000 / (3 * n_conc)
     out.update({"router_direct_rps": round(direct_rps, 2), "router_routed_rps": round(routed_rps, 2),
                 "router_direct_over_routed": round(direct_rps / routed_rps, 3), "router_concurrency": concurrency,
                 "router_cpu_ms_per_request": round(router_cpu_ms, 2)})
