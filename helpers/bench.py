@@ -5,6 +5,7 @@ Timed assertions in tests are flaky on shared 2-core machines; the targets are c
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ TARGETS = {
     "make_test_s": 2400.0,        # the whole test session (recorded by the last `make test`)
     "pipeline_full_s": 600.0,     # `pipeline run --profile mini` from an empty run folder (2 cores)
     "pipeline_cached_s": 10.0,    # the same command again: every step cached
+    "router_added_p50_ms": 2.0,   # A/B router on loopback: added median latency per request (issue 16)
+    "router_direct_over_routed": 1 / 0.95,   # direct vLLM ÷ routed requests/s at the same concurrency (≥ 95 %)
 }
 # Where setup and the test session record their own durations (read here, never asserted in a test).
 ENV_TIMING = ".course-env-seconds"
@@ -115,6 +118,81 @@ def bench_lora_overhead(n_prompts: int = 16, max_tokens: int = 64, profile_name:
     return out
 
 
+def bench_ab_router(n_seq: int = 40, n_conc: int = 64, concurrency: int = 16, max_tokens: int = 8) -> dict:
+    """The A/B router's overhead on loopback, in one run against one real vLLM (two random rank-8 adapters).
+
+    On the mini profile the router, vLLM and the client share the same few cores, so both targets also measure
+    CPU contention; ``router_cpu_ms_per_request`` (the router process's own CPU time per request) separates
+    the router's cost from that.
+    Latency: ``n_seq`` sequential one-token requests, direct and through the router interleaved (so drift on a
+    shared machine hits both alike); added p50 = median(routed) - median(direct). Throughput: ``n_conc``
+    requests at ``concurrency`` in flight, direct vs routed, three interleaved rounds, best of each.
+    """
+    import statistics
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from . import adapters, router, serve
+
+    profile = load_profile("mini")
+    out: dict = {}
+    body = {"messages": [{"role": "user", "content": "Wie erreiche ich den Service Desk?"}], "temperature": 0.0}
+    with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
+        dirs = {n: adapters.random_adapter(Path(tmp) / n, r=8, seed=i) for i, n in enumerate(("a", "b"), 1)}
+        with serve.lora_server(profile, dirs, log_path=Path(tmp) / "vllm.log") as vllm:
+            cfg = router.ABConfig(experiment="bench", virtual_model="faq", upstream=vllm.url,
+                                  arms=(router.Arm("v1", "a", 100), router.Arm("v2", "b", 0)))
+            with router.RouterServer(router.write_config(cfg, Path(tmp) / "ab.yaml")) as r, \
+                    httpx.Client(timeout=120) as client:
+                def direct(tokens):
+                    return client.post(f"{vllm.url}/v1/chat/completions",
+                                       json={**body, "model": "a", "max_tokens": tokens}).raise_for_status()
+
+                def routed(tokens):
+                    return client.post(f"{r.url}/v1/chat/completions", headers={"x-user-id": "bench-user"},
+                                       json={**body, "model": "faq", "max_tokens": tokens}).raise_for_status()
+
+                for _ in range(5):
+                    direct(1), routed(1)        # warm-up: adapter load, connection pools
+                lat = {"direct": [], "routed": []}
+                for _ in range(n_seq):
+                    for name, fn in (("direct", direct), ("routed", routed)):
+                        t0 = time.perf_counter()
+                        fn(1)
+                        lat[name].append(time.perf_counter() - t0)
+                p50 = {k: statistics.median(v) * 1000 for k, v in lat.items()}
+                out.update({"router_direct_p50_ms": round(p50["direct"], 2), "router_routed_p50_ms": round(p50["routed"], 2),
+                            "router_added_p50_ms": round(p50["routed"] - p50["direct"], 2)})
+
+                def rps(fn) -> float:
+                    with ThreadPoolExecutor(concurrency) as pool:
+                        t0 = time.perf_counter()
+                        list(pool.map(lambda _: fn(max_tokens), range(n_conc)))
+                        return n_conc / (time.perf_counter() - t0)
+
+                def cpu_s(pid: int) -> float:   # user + system CPU seconds of the router process
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+                rounds, cpu = {"direct": [], "routed": []}, 0.0
+                for _ in range(3):      # interleaved rounds, best of each: load changes hit both alike
+                    rounds["direct"].append(rps(direct))
+                    cpu0 = cpu_s(r.process.pid)
+                    rounds["routed"].append(rps(routed))
+                    cpu += cpu_s(r.process.pid) - cpu0
+                direct_rps, routed_rps = max(rounds["direct"]), max(rounds["routed"])
+                router_cpu_ms = cpu * 1000 / (3 * n_conc)
+    out.update({"router_direct_rps": round(direct_rps, 2), "router_routed_rps": round(routed_rps, 2),
+                "router_direct_over_routed": round(direct_rps / routed_rps, 3), "router_concurrency": concurrency,
+                "router_cpu_ms_per_request": round(router_cpu_ms, 2)})
+    print(f"router: added p50 {out['router_added_p50_ms']} ms (target <= 2 ms); throughput {routed_rps:.1f} vs "
+          f"direct {direct_rps:.1f} req/s at concurrency {concurrency} = {routed_rps / direct_rps:.1%} (target >= 95 %); "
+          f"router CPU {router_cpu_ms:.2f} ms per request (on a CPU-only host the router takes this from vLLM)",
+          flush=True)
+    return out
+
+
 def bench_generation_batching() -> dict:
     """Offline batching vs the sequential per-request loop, same generation prompts, one run (issue 4)."""
     from . import throughput
@@ -180,7 +258,8 @@ def bench_pipeline() -> dict:
 
 BENCHMARKS = {"course": bench_course, "notebooks": bench_notebooks_01_02, "model": bench_kurs_mini_build, "lora": bench_lora_overhead,
               "generation": bench_generation_batching, "train": bench_train_mini,
-              "pipeline": bench_pipeline}
+              "pipeline": bench_pipeline,
+              "router": bench_ab_router}
 
 
 def run(names: list[str] | None = None) -> dict:

@@ -18,7 +18,7 @@ MANIFEST_DIR = paths.ROOT / "manifests"
 K8S_VERSION = "1.31"
 # The profile each deploy target mirrors: `helpers serve --profile <p>` and the target's Deployment must start
 # the same engine (checked by tests/test_manifests.py through profile_mismatches).
-PROFILE_OF = {"base": "l4", "l4": "l4", "t4": "t4", "lora": "l4", "release": "l4"}
+PROFILE_OF = {"base": "l4", "l4": "l4", "t4": "t4", "lora": "l4", "release": "l4", "ab": "l4"}
 # vLLM flags that come from the profile; the model path, names, host, port and adapter list do not.
 PROFILE_FLAGS = ("dtype", "max-model-len", "max-num-seqs", "gpu-memory-utilization", "quantization",
                  "enforce-eager", "enable-lora", "max-lora-rank", "max-loras")

@@ -1,0 +1,64 @@
+"""Promotion and rollback against a real MLflow registry (local sqlite store): alias and weights move
+together, rollback restores registry and config exactly, both are idempotent."""
+
+import pytest
+
+from helpers import adapters, promotion, router, sequential, tracking
+
+
+@pytest.fixture
+def setup(tmp_path):
+    uri = tracking.local_uri(tmp_path)
+    dirs = {n: adapters.random_adapter(tmp_path / n, r=8, seed=i) for i, n in enumerate(("faq-v1", "faq-v2"), 1)}
+    versions = {n: promotion.register_adapter(uri, "faq-adapter", d, n) for n, d in dirs.items()}
+    cfg = router.ABConfig(experiment="faq-ab", virtual_model="faq", upstream="http://127.0.0.1:9",
+                          arms=(router.Arm("v1", "faq-v1", 50), router.Arm("v2", "faq-v2", 50)), config_version=3)
+    cfg_path = router.write_config(cfg, tmp_path / "ab.yaml")
+    return uri, versions, cfg_path
+
+
+def test_register_adapter_creates_versions_with_the_adapter_name_and_rank(setup):
+    uri, versions, _ = setup
+    assert versions == {"faq-v1": "1", "faq-v2": "2"}
+    state = promotion.registry_state(uri, "faq-adapter")
+    assert state["versions"]["2"]["adapter_name"] == "faq-v2" and state["versions"]["2"]["lora_rank"] == "8"
+    assert promotion.champion(uri, "faq-adapter") is None
+
+
+@pytest.mark.parametrize("had_champion", [True, False])
+def test_promote_then_rollback_restores_registry_and_config_exactly_and_both_are_idempotent(setup, had_champion):
+    uri, versions, cfg_path = setup
+    client = promotion._client(uri)
+    if had_champion:
+        client.set_registered_model_alias("faq-adapter", "champion", versions["faq-v1"])
+        client.set_model_version_tag("faq-adapter", versions["faq-v2"], "ab_outcome", "earlier value")
+    before_registry = promotion.registry_state(uri, "faq-adapter")
+    before_config = cfg_path.read_bytes()
+    decision = sequential.Decision(sequential.V2_WINS, 120, 61, 59, 0.1, 0.6, 0.5, 812.0, 0.0012, 3)
+
+    res = promotion.promote(uri, "faq-adapter", versions["faq-v2"], cfg_path, "v2", decision.as_tags())
+    assert res["changed"] and promotion.champion(uri, "faq-adapter") == versions["faq-v2"]
+    cfg = router.load_config(cfg_path)
+    assert cfg.weights == {"v1": 0, "v2": 100} and cfg.config_version == 4
+    tags = promotion.registry_state(uri, "faq-adapter")["versions"]["2"]
+    assert tags["ab_outcome"] == "v2 wins" and tags["ab_p_always_valid"] == "0.0012" and tags["ab_n"] == "120"
+    promoted_registry, promoted_config = promotion.registry_state(uri, "faq-adapter"), cfg_path.read_bytes()
+
+    again = promotion.promote(uri, "faq-adapter", versions["faq-v2"], cfg_path, "v2", decision.as_tags())
+    assert again["changed"] is False
+    assert promotion.registry_state(uri, "faq-adapter") == promoted_registry and cfg_path.read_bytes() == promoted_config
+
+    assert promotion.rollback(uri, cfg_path)["changed"]
+    assert promotion.registry_state(uri, "faq-adapter") == before_registry
+    assert cfg_path.read_bytes() == before_config
+    assert promotion.rollback(uri, cfg_path) == {"changed": False}
+    assert promotion.registry_state(uri, "faq-adapter") == before_registry and cfg_path.read_bytes() == before_config
+
+
+def test_promoting_an_unknown_arm_changes_nothing(setup):
+    uri, versions, cfg_path = setup
+    before = cfg_path.read_bytes()
+    with pytest.raises(router.RouterConfigError, match="Unknown arm"):
+        promotion.promote(uri, "faq-adapter", versions["faq-v2"], cfg_path, "v3", {})
+    assert cfg_path.read_bytes() == before and promotion.champion(uri, "faq-adapter") is None
+    assert not promotion.snapshot_path(cfg_path).exists()
