@@ -197,8 +197,40 @@ def planted_recall(docs: list, planted: list[dict] | None = None,
     return {"per_type": per_type, "missed": missed}
 
 
+def planted_precision(docs: list, planted: list[dict] | None = None,
+                      first_names: frozenset[str] | None = None) -> dict:
+    """Precision per PII type against the planted list: a hit is correct when it overlaps an occurrence of a
+    planted value of the same type in the same document.
+
+    The list holds every planted personal value (data/pii/README.md); it leaves out functional contacts
+    (service desk mail, hotlines) on purpose, so replacing those counts as a false positive here — an
+    over-redaction that costs content, not privacy. Returns ``{"per_type": {type: {"hits", "correct",
+    "precision"}}, "false_positives": [{"doc_id", "type", "value"}]}``.
+    """
+    planted = planted if planted is not None else load_planted()
+    by_doc: dict[str, list[dict]] = {}
+    for row in planted:
+        by_doc.setdefault(row["doc_id"], []).append(row)
+    per_type = {t: {"hits": 0, "correct": 0} for t in PII_TYPES}
+    false_positives = []
+    for doc in docs:
+        rec = doc.to_dict() if hasattr(doc, "to_dict") else doc
+        text = _collapse(rec["text"])
+        spans = [(row["type"], m.start(), m.end()) for row in by_doc.get(rec["doc_id"], [])
+                 for m in re.finditer(re.escape(_collapse(row["value"])), text)]
+        for hit in find_pii(text, first_names):
+            ok = any(t == hit.type and s < hit.end and hit.start < e for t, s, e in spans)
+            per_type[hit.type]["hits"] += 1
+            per_type[hit.type]["correct"] += ok
+            if not ok:
+                false_positives.append({"doc_id": rec["doc_id"], "type": hit.type, "value": hit.value})
+    for stats in per_type.values():
+        stats["precision"] = stats["correct"] / stats["hits"] if stats["hits"] else None
+    return {"per_type": per_type, "false_positives": false_positives}
+
+
 def recall_table(report: dict):
-    """The recall report as a DataFrame (one row per PII type)."""
+    """The recall (or precision) report as a DataFrame (one row per PII type)."""
     import pandas as pd
 
     return pd.DataFrame([{"typ": t, **s} for t, s in report["per_type"].items()])

@@ -56,3 +56,18 @@ def test_gazetteer_limit_is_visible_and_configurable():
     assert pii.scrub(text)[1]["name"] == 0            # first name not in the list: missed (documented)
     names = pii.FIRST_NAMES | {"Xenia"}
     assert pii.scrub(text, names)[0] == "Rückfragen an [NAME]."
+
+
+def test_planted_precision_counts_over_redaction_as_false_positive():
+    docs = [{"doc_id": "a.md", "text": "Frage an Julia Rackl (julia.rackl@donautal-mt.de) oder an security@donautal-mt.de."},
+            {"doc_id": "b.md", "text": "Kein Name hier, nur die IBAN DE35 7502 0073 2895 7422 88."}]
+    planted = [{"doc_id": "a.md", "type": "name", "value": "Julia Rackl"},
+               {"doc_id": "a.md", "type": "email", "value": "julia.rackl@donautal-mt.de"},
+               {"doc_id": "b.md", "type": "iban", "value": "DE35 7502 0073 2895 7422 88"}]
+    report = pii.planted_precision(docs, planted)
+    assert report["per_type"]["name"] == {"hits": 1, "correct": 1, "precision": 1.0}
+    assert report["per_type"]["email"] == {"hits": 2, "correct": 1, "precision": 0.5}
+    assert report["per_type"]["iban"]["precision"] == 1.0 and report["per_type"]["phone"]["precision"] is None
+    assert report["false_positives"] == [{"doc_id": "a.md", "type": "email", "value": "security@donautal-mt.de"}]
+    # a planted value in another document does not make a hit correct
+    assert pii.planted_precision([docs[1]], [dict(planted[2], doc_id="a.md")])["per_type"]["iban"]["correct"] == 0
