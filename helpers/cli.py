@@ -12,14 +12,14 @@ import argparse
 import errno
 import sys
 
-from . import (bench, bench_gpu, chunking, course, dataset, diagnose, evaluation, generation, models, pdfdocs, qc,
-               roles, serve, sovereign, split, training)
+from . import (bench, bench_gpu, chunking, course, dataset, diagnose, evaluation, generation, judge, models, pdfdocs,
+               qc, roles, serve, sovereign, split, training)
 from .errors import HelpersError
 from .profiles import Profile, default_name, load_profile
 
 # in pipeline order: the order of `python -m helpers --help`
 STEP_MODULES = (models, roles, serve, dataset, chunking, generation, qc, split, training, diagnose, evaluation,
-                course, pdfdocs, bench, bench_gpu, sovereign)
+                judge, course, pdfdocs, bench, bench_gpu, sovereign)
 
 
 class _OneLinePerStep(argparse.HelpFormatter):
