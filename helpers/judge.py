@@ -85,14 +85,15 @@ class JudgeEngine:
     model_dir: str
     adapter_set: Any = None          # adapters.AdapterSet, None without adapters
     adapter_rejects: list = dataclasses.field(default_factory=list)
+    name: str = BASE                 # the variant a plain engine serves (an adapter merged into the weights)
 
     @property
     def variants(self) -> list[str]:
-        return [BASE] + (self.adapter_set.names if self.adapter_set else [])
+        return [BASE] + self.adapter_set.names if self.adapter_set else [self.name]
 
     def request(self, variant: str):
         if self.adapter_set is None:
-            if variant != BASE:
+            if variant != self.name:
                 raise JudgeError(f"Judge variant '{variant}' is not loaded; loaded: {', '.join(self.variants)}.")
             return None
         return self.adapter_set.request(variant)
@@ -104,8 +105,39 @@ def engine_overrides() -> dict[str, Any]:
             "enable_prefix_caching": False}
 
 
-def make_judge(profile: Profile, adapters: dict[str, str] | None = None, **overrides: Any) -> JudgeEngine:
-    """Start the judge engine. Adapters that do not fit the judge model are left out and returned as rejects."""
+def merged_model(adapter_dir: str | Path, model_dir: str | Path) -> Path:
+    """The judge model with a LoRA adapter merged into its weights (peft ``merge_and_unload``), built once and kept
+    beside the course's models, keyed by the adapter's checksum. vLLM's LoRA path on the CPU is the slow one (see
+    ``make bench``); the merged model runs as a plain engine and computes the same function."""
+    import hashlib
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import paths
+
+    digest = hashlib.sha256((Path(adapter_dir) / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
+    out = paths.models_dir() / "merged" / f"{Path(model_dir).name}+{Path(adapter_dir).name}-{digest}"
+    if (out / "config.json").exists():
+        return out
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().to(torch.bfloat16)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def make_judge(profile: Profile, adapters: dict[str, str] | None = None, merge: bool = False,
+               **overrides: Any) -> JudgeEngine:
+    """Start the judge engine. Adapters that do not fit the judge model are left out and returned as rejects.
+
+    ``merge=True`` with one adapter: a plain engine on the merged weights (``merged_model``) serving only that
+    variant; otherwise one LoRA engine serves ``base`` and every adapter."""
     from . import inference, models
     from . import adapters as adapters_mod
 
@@ -120,6 +152,12 @@ def make_judge(profile: Profile, adapters: dict[str, str] | None = None, **overr
             rejected.append({"id": f"adapter:{name}", "stage": STAGE, "reason": "adapter_mismatch",
                              "detail": str(exc), "adapter": name, "path": str(path)})
     kw = {**engine_overrides(), "model": model_dir, **overrides}
+    if good and merge:
+        if len(good) != 1:
+            raise JudgeError(f"merge=True serves one adapter per engine, got {len(good)}: {', '.join(good)}.")
+        name, path = next(iter(good.items()))
+        kw["model"] = str(merged_model(path, model_dir))
+        return JudgeEngine(inference.make_llm(jprof, **kw), jprof, model_dir, None, rejected, name=name)
     if good:
         # checks already ran above (check_all would refuse a course adapter whose recorded base is a path)
         leaks = adapters_mod.needs_base_adapter(jprof)
