@@ -169,11 +169,18 @@ def make_judge(profile: Profile, adapters: dict[str, str] | None = None, merge: 
 
 
 # --------------------------------------------------------------------------- input checks
+CHARS_PER_TOKEN = 2   # the budget assumes at least this many rationale characters per token
+
+
 def token_budget(tokenizer) -> int:
-    """Output tokens a schema-valid judgment may need: the JSON around the rationale, the rationale at its
-    ``maxLength`` at one character per token (the worst case) and EOS. Larger budgets never cut a valid output."""
+    """Output tokens per judgment: the JSON around the rationale, the rationale at its ``maxLength`` at
+    ``CHARS_PER_TOKEN`` characters per token, and EOS (100 tokens with SmolLM2's tokenizer). The human rationales in
+    data/gold/judge_labels.jsonl need at most 61 tokens there, at 1.98 or more characters per token. An output that
+    needs more (a degenerate ``A|B|C|...`` loop) is cut and counted as unparsed, instead of every batch waiting for
+    the worst case of one character per token."""
     skeleton = judgeprompt.completion("", "A", False)
-    return len(tokenizer(skeleton, add_special_tokens=False)["input_ids"]) + judgeprompt.RATIONALE_MAX_CHARS + 1
+    rationale = -(-judgeprompt.RATIONALE_MAX_CHARS // CHARS_PER_TOKEN)
+    return len(tokenizer(skeleton, add_special_tokens=False)["input_ids"]) + rationale + 1
 
 
 def check_records(records: Sequence[dict], prompt_tokens=None, max_prompt_tokens: int | None = None,

@@ -153,11 +153,14 @@ def baseline_judge(records: Sequence[dict]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- probes
-def padded_items(records: Sequence[dict], ids: Sequence[str]) -> list[dict]:
-    """The same answers, padded with redundant repetition (MT-Bench's "repetitive" attack): new ids ``<id>:pad``."""
-    chosen = set(ids)
+def padded_items(records: Sequence[dict], labels: dict[str, dict], n: int | None = None, seed: int = 0) -> list[dict]:
+    """Answers the humans graded A, padded with redundant repetition (MT-Bench's "repetitive" attack): ids
+    ``<id>:pad``; a seeded sample of ``n`` when given."""
+    good = [r for r in records if labels[r["id"]]["label"] == "A"]
+    if n is not None and n < len(good):
+        good = random.Random(seed).sample(good, n)
     return [{**r, "id": f"{r['id']}:pad", "answer": f"{r['answer']} Mit anderen Worten: {r['answer']} Zur Sicherheit "
-             f"noch einmal zusammengefasst: {r['answer']}"} for r in records if r["id"] in chosen]
+             f"noch einmal zusammengefasst: {r['answer']}"} for r in good]
 
 
 def verbosity_shift(judgments: Sequence[dict], judge: str, n_boot: int = stats.N_BOOT) -> dict:

@@ -115,8 +115,10 @@ def test_probe_items_and_their_summaries():
     pairs = judgeval.pair_items(recs, labels)
     assert len(pairs) == sum(v["label"] == "A" for v in labels.values())
     assert all(p["answer_a"] != p["answer_b"] for p in pairs)
-    padded = judgeval.padded_items(recs[:3], [recs[0]["id"]])
-    assert [p["id"] for p in padded] == [recs[0]["id"] + ":pad"] and padded[0]["answer"].count(recs[0]["answer"]) == 3
+    padded = judgeval.padded_items(recs, labels, n=5)
+    assert len(padded) == 5 and all(p["id"].endswith(":pad") and labels[p["id"][:-4]]["label"] == "A" for p in padded)
+    original = {r["id"]: r["answer"] for r in recs}
+    assert all(p["answer"].count(original[p["id"][:-4]]) == 3 for p in padded)
     pj = [{"id": "p1", "judge": "base", "winner": "a", "first_slot": 1},
           {"id": "p2", "judge": "base", "winner": "inconsistent", "first_slot": 2},
           {"id": "p3", "judge": "base", "winner": "inconsistent", "first_slot": 0},
