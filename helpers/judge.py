@@ -336,17 +336,22 @@ def summarize(judgments: Sequence[dict], rejects: Sequence[dict] = ()) -> dict:
 
 def judge_file(input_path: str | Path, output: str | Path, rejects_path: str | Path, profile: Profile,
                adapters: dict[str, str] | None = None, include_base: bool = True, pair_mode: bool = False,
-               max_tokens: int | None = None, engine: JudgeEngine | None = None) -> dict:
-    """The ``judge`` step: input JSONL -> judgments JSONL (keyed by id and variant) + rejects JSONL."""
+               max_tokens: int | None = None, engine: JudgeEngine | None = None, merge: bool = False) -> dict:
+    """The ``judge`` step: input JSONL -> judgments JSONL (keyed by id and variant) + rejects JSONL.
+
+    ``merge=True``: the one adapter merged into the weights, judged alone on a plain engine (fast on CPU)."""
     input_path = Path(input_path)
     if not input_path.exists():
         raise JudgeError(f"Input {input_path} not found: give a JSONL file with {', '.join(FIELDS)} per line.")
     records = io.read_jsonl(input_path)
     t0 = time.time()
     own = engine is None
-    engine = engine or make_judge(profile, adapters)
+    engine = engine or make_judge(profile, adapters, merge=merge and bool(adapters))
     try:
-        variants = ([BASE] if include_base else []) + (engine.adapter_set.names if engine.adapter_set else [])
+        if engine.adapter_set is None and engine.name != BASE:
+            variants = [engine.name]
+        else:
+            variants = ([BASE] if include_base else []) + (engine.adapter_set.names if engine.adapter_set else [])
         if not variants:
             raise JudgeError("No judge variant left to run: every adapter was rejected (see the rejects file) and "
                              "the bare model was excluded. Fix the adapter or drop --adapter.")
@@ -381,9 +386,12 @@ def add_cli(sub, profile: Profile) -> None:
                    help="judge with this LoRA adapter of the judge model (repeatable; default: the committed "
                         "judge adapter assets/roles/judge where it exists). `--adapter none`: the bare model only")
     p.add_argument("--no-base", action="store_true", help="with adapters: do not also judge with the bare model")
+    p.add_argument("--merge", action="store_true", help="one adapter, merged into the judge model's weights and "
+                   "judged alone on a plain engine (much faster on CPU than vLLM's LoRA path)")
     p.add_argument("--pairwise", action="store_true", help="which of answer_a/answer_b is better, both orders")
     p.add_argument("--max-tokens", type=int, default=None,
-                   help="output tokens per judgment (default: the worst case the schema allows)")
+                   help="output tokens per judgment (default: judge.token_budget, the rationale at 2 characters "
+                        "per token)")
     p.set_defaults(func=cmd_judge)
 
 
@@ -411,7 +419,7 @@ def cmd_judge(args) -> int:
     rejects = args.rejects or dataset.rejects_file(args.output, STAGE)
     adapters = _adapter_specs(args.adapter, args.profile)
     summary = judge_file(args.input, args.output, rejects, args.profile, adapters, include_base=not args.no_base
-                         or not adapters, pair_mode=args.pairwise, max_tokens=args.max_tokens)
+                         or not adapters, pair_mode=args.pairwise, max_tokens=args.max_tokens, merge=args.merge)
     for variant in summary["variants"]:
         s = summary.get(variant, {"judged": 0, "unparsed": 0, "grades": {}})
         print(f"{variant}: {s['judged']} judged, {s['unparsed']} unparsed, {s['grades']}")
