@@ -264,6 +264,48 @@ def bench_generation(workdir: Path, n_chunks: int = 64, max_tokens: int = OUTPUT
             "generation_ratio": round(step["tokens_per_s"] / raw["tokens_per_s"], 3)}
 
 
+# Llama-3.1-70B's public shape (config.json of meta-llama/Llama-3.1-70B-Instruct), the series' planned judge.
+LLAMA_70B = dict(vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                 num_attention_heads=64, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
+                 rope_theta=500000.0, sliding_window=None, tie_word_embeddings=False)
+JUDGE_PROMPT_TOKENS = 600    # rubric + context + question + answer of notebook 08, rounded up
+JUDGE_OUTPUT_TOKENS = 64     # rationale (<= 160 characters) + verdict as JSON
+
+
+def bench_judge70b(workdir: Path, n_prompts: int = 256) -> dict:
+    """Judgments/s and memory per GPU of the ``judge-70b`` profile at the real 70B shape (random weights).
+
+    Not yet run on a GPU when written: the engine settings come from the profile (tensor_parallel_size 2);
+    fixed-length outputs (``ignore_eos``) stand in for judgments, since random weights write no valid JSON.
+    """
+    import torch
+    from vllm import LLM
+
+    prof = load_profile("judge-70b")
+    v = prof.vllm
+    if torch.cuda.device_count() < v.tensor_parallel_size:
+        return {"judge70b": {"error": f"needs {v.tensor_parallel_size} GPUs, found {torch.cuda.device_count()}"}}
+    model_dir = make_model_dir(workdir / "llama-70b-dummy", **LLAMA_70B)
+    t0 = time.perf_counter()
+    llm = LLM(model=str(model_dir), load_format="dummy", dtype="bfloat16", max_model_len=v.max_model_len,
+              tensor_parallel_size=v.tensor_parallel_size, gpu_memory_utilization=v.gpu_memory_utilization,
+              max_num_seqs=v.max_num_seqs, seed=0)
+    startup = round(time.perf_counter() - t0, 1)
+    prompts = token_prompts(n_prompts, length=JUDGE_PROMPT_TOKENS)
+    throughput(llm, prompts[:4], 8)   # warm-up
+    batch = throughput(llm, prompts, JUDGE_OUTPUT_TOKENS)
+    single = throughput(llm, prompts[:1], JUDGE_OUTPUT_TOKENS)
+    used = []
+    for i in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(i)   # device-wide, includes the engine's worker processes
+        used.append(round((total - free) / 2**30, 1))
+    return {"judge70b": {"startup_s": startup, "tensor_parallel_size": v.tensor_parallel_size,
+                         "prompt_tokens": JUDGE_PROMPT_TOKENS, "output_tokens": JUDGE_OUTPUT_TOKENS,
+                         "batch": batch, "single": single,
+                         "judgments_per_s": round(batch["requests"] / batch["seconds"], 2),
+                         "memory_used_gib_per_gpu": used, "gpu": torch.cuda.get_device_name(0)}}
+
+
 def bench_vllm(workdir: Path, parts: list[str], n_prompts: int = 256, model_cfg: dict | None = None,
                engine_kw: dict | None = None, max_tokens: int = OUTPUT_TOKENS) -> dict:
     """Raw offline throughput, sequential loop, CUDA graphs vs eager, and LoRA 0/1/4 adapters."""
@@ -273,6 +315,8 @@ def bench_vllm(workdir: Path, parts: list[str], n_prompts: int = 256, model_cfg:
     from vllm import LLM
     from vllm.lora.request import LoRARequest
 
+    if "judge-70b" in parts:
+        return bench_judge70b(workdir, n_prompts)
     if "qlora" in parts:
         return bench_qlora(workdir, steps=max(2, n_prompts // 8), model_cfg=model_cfg)
     if "generation" in parts:
@@ -328,6 +372,7 @@ def bench_vllm(workdir: Path, parts: list[str], n_prompts: int = 256, model_cfg:
 
 
 PARTS = ("eager", "graphs", "lora", "lora-tuned", "generation", "qlora")
+EXTRA_PARTS = ("judge-70b",)   # needs 2 GPUs; only run when named
 RESULTS = paths.ROOT / "docs" / "benchmarks-gpu.json"  # the committed measurements behind docs/benchmarks.md
 
 
@@ -400,7 +445,8 @@ def merge(base: dict, new: dict) -> dict:
 # --------------------------------------------------------------------------- command line
 def add_cli(sub, profile) -> None:
     p = sub.add_parser("bench-gpu", help="7B-scale GPU measurements (random weights) -> docs/benchmarks.md")
-    p.add_argument("parts", nargs="*", help=f"{' '.join(PARTS)} (default: all)")
+    p.add_argument("parts", nargs="*", help=f"{' '.join(PARTS)} (default: all); {' '.join(EXTRA_PARTS)} (2 GPUs, "
+                                            "only when named)")
     p.add_argument("--prompts", type=int, default=256)
     p.add_argument("--output", default=None,
                    help="results JSON (default docs/benchmarks-gpu.json, rendered to docs/benchmarks.md)")
@@ -410,9 +456,10 @@ def add_cli(sub, profile) -> None:
 
 
 def cmd_bench_gpu(args) -> int:
-    unknown = [n for n in args.parts if n not in PARTS]
+    unknown = [n for n in args.parts if n not in PARTS + EXTRA_PARTS]
     if unknown:
-        raise ValueError(f"Unknown bench-gpu part(s) {', '.join(unknown)}: choose from {', '.join(PARTS)}.")
+        raise ValueError(f"Unknown bench-gpu part(s) {', '.join(unknown)}: choose from "
+                         f"{', '.join(PARTS + EXTRA_PARTS)}.")
     output = args.output or RESULTS
     results = run(args.parts or None, output, n_prompts=args.prompts, merge_into=output if args.merge else None)
     print(write_markdown(results))

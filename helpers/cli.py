@@ -12,14 +12,14 @@ import argparse
 import errno
 import sys
 
-from . import (bench, bench_gpu, chunking, course, dataset, diagnose, evaluation, gate, generation, models, pdfdocs,
-               pipeline, qc, release, roles, router, serve, sovereign, split, training)
+from . import (bench, bench_gpu, chunking, course, dataset, diagnose, evaluation, gate, generation, judge, models,
+               pdfdocs, pipeline, qc, release, roles, router, serve, sovereign, split, training)
 from .errors import HelpersError
 from .profiles import Profile, default_name, load_profile
 
 # in pipeline order: the order of `python -m helpers --help`
-STEP_MODULES = (models, roles, serve, dataset, chunking, generation, qc, split, training, diagnose, evaluation, gate,
-                release, router, pipeline, course, pdfdocs, bench, bench_gpu, sovereign)
+STEP_MODULES = (models, roles, serve, dataset, chunking, generation, qc, split, training, diagnose, evaluation, judge,
+                gate, release, router, pipeline, course, pdfdocs, bench, bench_gpu, sovereign)
 
 
 class _OneLinePerStep(argparse.HelpFormatter):

@@ -74,7 +74,8 @@ def inference_settings(profile: Profile, engine_kwargs: dict[str, Any] | None = 
     kw = engine_kwargs or {}
     v = profile.vllm
     return {key: kw.get(key, getattr(v, key)) for key in
-            ("gpu_memory_utilization", "max_model_len", "max_num_seqs", "quantization", "kv_cache_gb")}
+            ("gpu_memory_utilization", "max_model_len", "max_num_seqs", "quantization", "kv_cache_gb",
+             "tensor_parallel_size")}
 
 
 def inference_advice(profile: Profile, engine_kwargs: dict[str, Any] | None = None) -> str:
@@ -123,8 +124,9 @@ def check_weights_fit(profile: Profile, model_dir: str | Path, total_bytes: int 
     weights = weight_bytes(model_dir)
     if not total or not weights:
         return
-    share = inference_settings(profile, engine_kwargs)["gpu_memory_utilization"] or 0.9
-    budget = total * share
+    settings = inference_settings(profile, engine_kwargs)
+    share = settings["gpu_memory_utilization"] or 0.9
+    budget = total * share * max(1, settings["tensor_parallel_size"] or 1)   # weights are split over the GPUs
     if weights > budget:
         raise GPUMemoryError(
             f"Model {model_dir} is too large for this card: its weights alone take {_gb(weights)}, but profile "

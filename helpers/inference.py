@@ -48,6 +48,8 @@ def engine_kwargs(profile: Profile, model: str | None = None, enable_lora: bool 
         kwargs["gpu_memory_utilization"] = v.gpu_memory_utilization
     if v.quantization:
         kwargs["quantization"] = v.quantization
+    if v.tensor_parallel_size > 1:
+        kwargs["tensor_parallel_size"] = v.tensor_parallel_size
     if enable_lora:
         kwargs.update(enable_lora=True, max_lora_rank=v.max_lora_rank, max_loras=v.max_loras)
     kwargs.update(overrides)

@@ -69,3 +69,50 @@ def parse(text: str, finish_reason: str = "stop") -> tuple[dict | None, str]:
     if not isinstance(why, str) or not why.strip():
         return None, "empty begruendung"
     return {"rationale": why.strip(), "grade": grade, "hallucination": flag}, ""
+
+
+# --------------------------------------------------------------------------- pairwise mode
+# Which of two answers to the same question is better. The judge writes its rationale first, then "1" or "2"
+# (no tie: an order-dependent verdict shows up as disagreement between the two orders, which the caller runs).
+PAIR_SYSTEM = (
+    "Du vergleichst zwei Antworten des internen Assistenten der Donautal Messtechnik GmbH auf dieselbe Frage. "
+    "Bewerte nur anhand des Kontexts: Welche Antwort ist korrekter, vollständiger und knapper, ohne Angaben, die "
+    "nicht im Kontext stehen? Schreibe zuerst eine kurze Begründung, dann die Nummer der besseren Antwort."
+)
+PAIR_SHAPE = '{"begruendung": "...", "besser": "1|2"}'
+PAIR_CHOICES = ("1", "2")
+
+
+def pair_messages(context: str, question: str, first: str, second: str) -> list[dict]:
+    """The pairwise prompt: the same context and question, two answers in the given order."""
+    user = (f"Kontext:\n{context}\n\nFrage: {question}\n\nAntwort 1:\n{first}\n\nAntwort 2:\n{second}\n\n"
+            f"Antworte nur mit JSON der Form {PAIR_SHAPE}.")
+    return [{"role": "system", "content": PAIR_SYSTEM}, {"role": "user", "content": user}]
+
+
+def pair_schema() -> dict:
+    return {"type": "object",
+            "properties": {"begruendung": {"type": "string", "minLength": 1, "maxLength": RATIONALE_MAX_CHARS},
+                           "besser": {"type": "string", "enum": list(PAIR_CHOICES)}},
+            "required": ["begruendung", "besser"], "additionalProperties": False}
+
+
+def parse_pair(text: str, finish_reason: str = "stop") -> tuple[dict | None, str]:
+    """``({"rationale", "better": "1"|"2"}, "")`` or ``(None, reason)``; never guesses a winner."""
+    if finish_reason == "length":
+        return None, "cut by max_tokens"
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        return None, f"not JSON: {exc.msg}"
+    if not isinstance(obj, dict):
+        return None, "not a JSON object"
+    extra = sorted(set(obj) - {"begruendung", "besser"})
+    if extra:
+        return None, f"unexpected keys: {', '.join(extra)}"
+    better, why = obj.get("besser"), obj.get("begruendung")
+    if better not in PAIR_CHOICES:
+        return None, f"besser must be 1 or 2, got {better!r}"
+    if not isinstance(why, str) or not why.strip():
+        return None, "empty begruendung"
+    return {"rationale": why.strip(), "better": better}, ""

@@ -21,7 +21,7 @@ K8S_VERSION = "1.31"
 PROFILE_OF = {"base": "l4", "l4": "l4", "t4": "t4", "lora": "l4", "release": "l4", "ab": "l4"}
 # vLLM flags that come from the profile; the model path, names, host, port and adapter list do not.
 PROFILE_FLAGS = ("dtype", "max-model-len", "max-num-seqs", "gpu-memory-utilization", "quantization",
-                 "enforce-eager", "enable-lora", "max-lora-rank", "max-loras")
+                 "enforce-eager", "enable-lora", "max-lora-rank", "max-loras", "tensor-parallel-size")
 CRD_KINDS = {"ServiceMonitor", "Workflow", "WorkflowTemplate", "PodMonitor", "PrometheusRule"}
 
 

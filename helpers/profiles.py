@@ -41,6 +41,7 @@ class VLLMSettings:
     max_loras: int = 1                             # adapters in one batch
     kv_cache_gb: int = 1                           # CPU only: VLLM_CPU_KVCACHE_SPACE
     seed: int = 0
+    tensor_parallel_size: int = 1                  # GPUs one engine spreads the model over (70B judge: 2)
 
 
 @dataclass(frozen=True)

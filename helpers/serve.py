@@ -78,6 +78,8 @@ def engine_flags(profile: Profile, enable_lora: bool = False, chat_template: str
         flags += ["--gpu-memory-utilization", str(kw["gpu_memory_utilization"])]
     if kw.get("quantization"):
         flags += ["--quantization", kw["quantization"]]
+    if kw.get("tensor_parallel_size", 1) > 1:
+        flags += ["--tensor-parallel-size", str(kw["tensor_parallel_size"])]
     if enable_lora:
         flags += ["--enable-lora", "--max-lora-rank", str(kw["max_lora_rank"]), "--max-loras", str(kw["max_loras"])]
     if profile.chat_template == chatformat.INST_TEMPLATE_NAME or chat_template:

@@ -151,3 +151,78 @@ def cohens_kappa(a: Sequence, b: Sequence, weights: str | None = None, n_boot: i
     bootstrap = (float(np.quantile(boots, alpha / 2)), float(np.quantile(boots, 1 - alpha / 2))) \
         if boots.size else nan
     return {"value": value, "n": n, "weights": weights, "asymptotic": asymptotic, "bootstrap": bootstrap}
+
+
+# --------------------------------------------------------------------------- judge validation
+def confusion(truth: Sequence, predicted: Sequence, labels: Sequence) -> np.ndarray:
+    """Confusion matrix (rows: truth, e.g. the human label; columns: predicted, e.g. the judge), scikit-learn."""
+    from sklearn.metrics import confusion_matrix
+
+    _check_paired(truth, predicted)
+    return confusion_matrix(list(truth), list(predicted), labels=list(labels))
+
+
+def kappa_from_table(table, weights: str | None = None, alpha: float = 0.05) -> dict:
+    """Cohen's kappa recomputed from a printed confusion matrix (statsmodels), with its asymptotic interval.
+
+    ``weights``: None (nominal) or "linear"/"quadratic" (ordinal categories in the table's order). The check the
+    original series lacked: a kappa reported beside a table must be what the table gives.
+    """
+    from scipy.stats import norm
+    from statsmodels.stats.inter_rater import cohens_kappa as sm_kappa
+
+    t = np.asarray(table, dtype=float)
+    res = sm_kappa(t, wt=weights) if weights else sm_kappa(t)
+    half = float(norm.ppf(1 - alpha / 2)) * float(res.std_kappa)
+    n = t.sum()
+    return {"value": float(res.kappa), "asymptotic": (float(res.kappa) - half, float(res.kappa) + half),
+            "n": int(n), "agreement": float(np.trace(t) / n) if n else float("nan")}
+
+
+def kappa_from_marginals(rows: Sequence[int], cols: Sequence[int], agreements: int,
+                         claimed: float | None = None) -> dict:
+    """Unweighted kappa from two raters' marginal counts and the number of agreements alone.
+
+    ``pe`` (chance agreement) follows from the marginals, so ``kappa = (po - pe) / (1 - pe)`` needs no table;
+    ``max_kappa`` uses the most agreement the marginals allow (sum of min(row_i, col_i)), and
+    ``needed_for_claimed`` answers "how many agreements would the ``claimed`` kappa need?".
+    """
+    r, c = np.asarray(rows, dtype=float), np.asarray(cols, dtype=float)
+    n = r.sum()
+    if n != c.sum() or n == 0:
+        raise ValueError(f"both raters must label the same items, got {r.sum():g} and {c.sum():g}")
+    pe = float((r * c).sum() / n ** 2)
+    max_agree = int(np.minimum(r, c).sum())
+
+    def kappa(agree: float) -> float:
+        return float((agree / n - pe) / (1 - pe))
+
+    out = {"n": int(n), "po": agreements / n, "pe": pe, "value": kappa(agreements),
+           "max_agreements": max_agree, "max_kappa": kappa(max_agree)}
+    if claimed is not None:
+        out["needed_for_claimed"] = float(n * (pe + claimed * (1 - pe)))
+    return out
+
+
+def flag_quality(truth: Sequence[bool], predicted: Sequence[bool], alpha: float = 0.05) -> dict:
+    """Precision and recall of a yes/no flag (the hallucination flag) with Wilson intervals, and the counts."""
+    _check_paired(truth, predicted)
+    t, p = [bool(x) for x in truth], [bool(x) for x in predicted]
+    tp = sum(a and b for a, b in zip(t, p))
+    fp = sum(b and not a for a, b in zip(t, p))
+    fn = sum(a and not b for a, b in zip(t, p))
+    nan = float("nan")
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": len(t) - tp - fp - fn,
+            "precision": tp / (tp + fp) if tp + fp else nan, "precision_ci": wilson_ci(tp, tp + fp, alpha),
+            "recall": tp / (tp + fn) if tp + fn else nan, "recall_ci": wilson_ci(tp, tp + fn, alpha)}
+
+
+def binomial_test(successes: int, n: int, p: float = 0.5) -> dict:
+    """Exact two-sided binomial test (scipy), e.g. "the first slot wins more often than half of the time"."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return {"successes": 0, "n": 0, "share": float("nan"), "p_value": float("nan"), "ci": (float("nan"),) * 2}
+    res = binomtest(successes, n, p)
+    return {"successes": successes, "n": n, "share": successes / n, "p_value": float(res.pvalue),
+            "ci": wilson_ci(successes, n)}

@@ -95,3 +95,52 @@ def test_token_f1_has_one_definition_for_empty_input():
     assert textmetrics.token_f1("Antwort", "") == 0.0
     # "die antwort ist 42" vs "antwort 42": common 2, precision 2/4, recall 2/2 -> F1 = 2/3
     assert textmetrics.token_f1("Die Antwort ist 42.", "Antwort: 42") == pytest.approx(2 / 3)
+
+
+# --------------------------------------------------------------------------- judge validation
+def test_kappa_from_table_on_the_hand_checkable_two_by_two():
+    # [[20, 5], [10, 15]], n=50: po = 0.70, pe = (25*30 + 25*20)/50² = 0.50, kappa = 0.40 exactly
+    res = stats.kappa_from_table([[20, 5], [10, 15]])
+    assert res["value"] == pytest.approx(0.40, abs=1e-12) and res["agreement"] == pytest.approx(0.70)
+    a, b = _raters([[20, 5], [10, 15]])
+    assert stats.cohens_kappa(a, b, n_boot=200)["value"] == pytest.approx(res["value"], abs=1e-9)  # sklearn = statsmodels
+    lo, hi = res["asymptotic"]
+    assert 0.1 < lo < 0.40 < hi < 0.7
+
+
+def test_quadratic_kappa_from_table_matches_sklearn_on_a_three_class_table():
+    table = [[10, 3, 1], [2, 8, 4], [0, 3, 9]]
+    a, b = _raters(table)
+    from sklearn.metrics import cohen_kappa_score
+
+    assert stats.kappa_from_table(table, "quadratic")["value"] == pytest.approx(
+        cohen_kappa_score(a, b, weights="quadratic"), abs=1e-9)
+
+
+def test_the_series_kappa_is_what_its_own_counts_give():
+    # Post 8: Claude A/B/C 111/50/10, Llama 167/3/1, 111 agreements; chance agreement 0.639, kappa about 0.027,
+    # at most 115 agreements (kappa 0.092); 0.30 would need about 128 (shared/research/series-posts-6-8.md)
+    res = stats.kappa_from_marginals([111, 50, 10], [167, 3, 1], 111, claimed=0.30)
+    assert res["pe"] == pytest.approx((111 * 167 + 50 * 3 + 10 * 1) / 171 ** 2)
+    assert res["value"] == pytest.approx(0.027, abs=0.001)
+    assert res["max_agreements"] == 115 and res["max_kappa"] == pytest.approx(0.092, abs=0.001)
+    assert 127 < res["needed_for_claimed"] < 129
+    with pytest.raises(ValueError, match="same items"):
+        stats.kappa_from_marginals([1, 2], [1, 1], 1)
+
+
+def test_confusion_rows_are_truth_and_flag_quality_counts():
+    cm = stats.confusion(["A", "A", "B", "C"], ["A", "B", "B", "A"], ["A", "B", "C"])
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 0]]
+    q = stats.flag_quality([True, True, True, False, False], [True, False, False, True, False])
+    assert (q["tp"], q["fp"], q["fn"], q["tn"]) == (1, 1, 2, 1)
+    assert q["precision"] == pytest.approx(0.5) and q["recall"] == pytest.approx(1 / 3)
+    assert q["recall_ci"] == stats.wilson_ci(1, 3)
+    assert math.isnan(stats.flag_quality([False], [False])["precision"])
+
+
+def test_binomial_test_on_a_hand_computed_case():
+    # 9 of 10 first-slot wins: two-sided p = 2 * (C(10,9) + C(10,10)) / 1024 = 22/1024
+    res = stats.binomial_test(9, 10)
+    assert res["p_value"] == pytest.approx(22 / 1024) and res["share"] == pytest.approx(0.9)
+    assert stats.binomial_test(5, 10)["p_value"] == pytest.approx(1.0)
