@@ -387,7 +387,8 @@ def add_cli(sub, profile: Profile) -> None:
                         "judge adapter assets/roles/judge where it exists). `--adapter none`: the bare model only")
     p.add_argument("--no-base", action="store_true", help="with adapters: do not also judge with the bare model")
     p.add_argument("--merge", action="store_true", help="one adapter, merged into the judge model's weights and "
-                   "judged alone on a plain engine (much faster on CPU than vLLM's LoRA path)")
+                   "judged alone on a plain engine (much faster on CPU than vLLM's LoRA path; the default on a CPU "
+                   "profile with one adapter and --no-base)")
     p.add_argument("--pairwise", action="store_true", help="which of answer_a/answer_b is better, both orders")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="output tokens per judgment (default: judge.token_budget, the rationale at 2 characters "
@@ -418,8 +419,10 @@ def cmd_judge(args) -> int:
 
     rejects = args.rejects or dataset.rejects_file(args.output, STAGE)
     adapters = _adapter_specs(args.adapter, args.profile)
+    # on a CPU one adapter alone is judged on merged weights: vLLM's LoRA path there is many times slower
+    merge = args.merge or (args.profile.device == "cpu" and len(adapters) == 1 and args.no_base)
     summary = judge_file(args.input, args.output, rejects, args.profile, adapters, include_base=not args.no_base
-                         or not adapters, pair_mode=args.pairwise, max_tokens=args.max_tokens, merge=args.merge)
+                         or not adapters, pair_mode=args.pairwise, max_tokens=args.max_tokens, merge=merge)
     for variant in summary["variants"]:
         s = summary.get(variant, {"judged": 0, "unparsed": 0, "grades": {}})
         print(f"{variant}: {s['judged']} judged, {s['unparsed']} unparsed, {s['grades']}")
