@@ -58,11 +58,12 @@ def train_versions(profile, work_dir: str | Path, progress: bool = False) -> dic
 
 
 def held_out_questions() -> list[dict]:
-    """The gold questions no adapter was trained on (val + eval splits)."""
+    """The gold questions no adapter was trained on (val + eval splits), PII-scrubbed as every model input."""
+    from . import qc
     from .split import gold_splits
 
     splits = gold_splits()
-    return splits["val"] + splits["eval"]
+    return [qc.scrub_record(r) for r in splits["val"] + splits["eval"]]
 
 
 def simulated_users(n: int, records: Sequence[dict] | None = None, unanswerable_share: float = 0.5,

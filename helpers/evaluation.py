@@ -145,11 +145,12 @@ def validate_records(records: Sequence[dict], rejects_path: str | Path | None = 
 
 
 def load_eval(path: str | Path | None = None, rejects_path: str | Path | None = None) -> list[dict]:
-    """Evaluation records from a JSONL file, or the gold set's held-out split when ``path`` is None."""
+    """Evaluation records from a JSONL file, or the gold set's held-out split (PII-scrubbed, as everything a model
+    sees) when ``path`` is None."""
     if path is None:
         from . import split
 
-        return validate_records(split.gold_splits()["eval"], rejects_path, "gold eval split")
+        return validate_records(split.gold_eval(), rejects_path, "gold eval split (PII-scrubbed)")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Evaluation file {path} does not exist. Omit --eval to use the gold set's "

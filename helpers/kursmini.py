@@ -2,14 +2,22 @@
 
 What it sees: only PII-scrubbed text (``pii.scrub_documents``) of the documents *outside* the gold eval split
 (and no near-duplicate of an eval document), so no planted personal data and no eval document ever reaches its
-weights (:func:`pretraining_documents`). The base model is pretrained on that plain text with no
-end-of-sequence token anywhere, so it rambles on and never stops after an answer -- the base-model behaviour
-that fine-tuning with EOS in the labels later fixes (and that the pad_token bug prevents).
+weights (:func:`pretraining_documents`). Nothing it is pretrained on contains an end-of-sequence token, so the
+base model never stops after an answer -- the base-model behaviour that fine-tuning with EOS in the labels later
+fixes (and that the pad_token bug prevents).
 
-A built copy is committed in ``assets/kurs-mini`` with ``MANIFEST.json`` (recipe, seed, corpus hash, device,
-final loss, sha256 of every file), so a fresh machine needs no build: :func:`ensure` verifies the checksums and
-refuses a corrupt or truncated file with the rebuild command. ``python -m helpers model build`` reproduces it
-from the same recipe into ``models/kurs-mini`` (which then takes precedence).
+Two recipes:
+- ``reading`` (the course's model, committed in ``assets/kurs-mini``): a reading curriculum on a GPU -- copy
+  tasks, cloze, "find the sentence", extractive questions and unanswerable questions on contexts whose words
+  are re-drawn so that memory cannot answer, loss on the answer tokens only, plus a little plain text
+  (``research/reading-kurs-mini/attempt4``). ``python -m helpers model build`` re-runs it where a CUDA GPU is
+  present (about 6 minutes on an H200) and installs the result into ``models/kurs-mini``.
+- ``plain`` (:class:`BuildConfig`, :func:`build`): next-token pretraining on the plain text, on CPU in minutes.
+  It learns the style of the corpus but cannot read; tests use it at a tiny size.
+
+``assets/kurs-mini/MANIFEST.json`` holds recipe, seed, corpus hash, device, final loss, probe accuracy and the
+sha256 of every file, so a fresh machine needs no build: :func:`ensure` verifies the checksums and refuses a
+corrupt or truncated file with the rebuild command; it never falls back to another model silently.
 """
 
 from __future__ import annotations
@@ -76,6 +84,13 @@ class KursMiniError(HelpersError, RuntimeError):
 
 
 REBUILD = "python -m helpers model build"
+READING_SCRIPT = "research/reading-kurs-mini/attempt4/rebuild.sh"
+# The committed model's recipe (device run R9, research/reading-kurs-mini/attempt4/results/result_R9.json): part of
+# its fingerprint, so a changed corpus or recipe is detected instead of silently using a stale model.
+READING_RECIPE = {"script": READING_SCRIPT, "name": "R9", "vocab_size": 4096, "hidden_size": 384, "num_layers": 6,
+                  "num_heads": 6, "num_kv_heads": 2, "intermediate_size": 1024, "steps": 3219, "batch_size": 256,
+                  "learning_rate": 2e-3, "text_weight": 0.05, "text_rows": 8, "phase_a": 0.3, "phase_b": 0.55,
+                  "pool_scale": 1.0, "seed": 0}
 NEAR_DUPLICATE_JACCARD = 0.3    # 5-word shingles: a training document this close to an eval document is left out
 
 
@@ -114,6 +129,12 @@ def build_fingerprint(corpus: Path, config: BuildConfig) -> str:
     payload = json.dumps({"corpus": corpus_fingerprint(corpus), "config": asdict(config), "v": 2,
                           "documents": "pii-scrubbed, outside the eval split"},
                          sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def reading_fingerprint(corpus: Path) -> str:
+    payload = json.dumps({"corpus": corpus_fingerprint(corpus), "recipe": READING_RECIPE, "v": 4,
+                          "documents": "pii-scrubbed, outside the eval split"}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -272,7 +293,7 @@ def verify(model_dir: str | Path) -> dict:
     model_dir = Path(model_dir)
     path = model_dir / "MANIFEST.json"
     fix = (f"Restore it with `git checkout -- {model_dir.relative_to(paths.ROOT) if model_dir.is_relative_to(paths.ROOT) else model_dir}` "
-           f"or rebuild Kurs-Mini with `{REBUILD}` (about 10 minutes on 2 CPU cores).")
+           f"or rebuild Kurs-Mini with `{REBUILD}` (needs a CUDA GPU: about 6 minutes on an H200).")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -290,22 +311,89 @@ def verify(model_dir: str | Path) -> dict:
 
 def ensure(model_dir: str | Path | None = None, corpus: str | Path | None = None,
            config: BuildConfig | None = None, progress: bool = True) -> Path:
-    """Return the Kurs-Mini directory: a local build of the current recipe, else the committed copy (checksums
-    verified), else build it now (when the corpus or recipe changed since the committed copy was made)."""
+    """Return the Kurs-Mini directory.
+
+    Without ``config`` (the course): the reading model -- a local build of the current reading recipe in
+    ``model_dir``, else the committed copy (checksums verified). A changed corpus or a corrupt copy raises
+    KursMiniError with the command that fixes it; there is no silent fallback to another model.
+    With a plain :class:`BuildConfig` (tests, ``model build --recipe plain``): that build, made now if missing.
+    """
     model_dir = Path(model_dir or default_dir())
     corpus = Path(corpus or paths.corpus_dir())
-    config = config or BuildConfig()
+    if config is None:
+        fingerprint = reading_fingerprint(corpus)
+        info = build_info(model_dir)
+        if info is not None and (model_dir / "config.json").exists() and info.get("fingerprint") == fingerprint:
+            return model_dir
+        committed = committed_dir()
+        manifest = verify(committed)
+        if manifest.get("fingerprint") == fingerprint:
+            return committed
+        raise KursMiniError(
+            f"The committed Kurs-Mini ({committed}) was built from another corpus or recipe than {corpus}. Rebuild "
+            f"the reading model with `{REBUILD}` (needs a CUDA GPU, about 6 minutes on an H200), or run on the "
+            "committed corpus.")
     fingerprint = build_fingerprint(corpus, config)
     info = build_info(model_dir)
     if info is not None and (model_dir / "config.json").exists():
         if info.get("fingerprint") == fingerprint:
             return model_dir
         print(f"Kurs-Mini in {model_dir} was built from another corpus or recipe.")
-    committed = committed_dir()
-    if (committed / "MANIFEST.json").exists():
-        manifest = verify(committed)
-        if manifest.get("fingerprint") == fingerprint:
-            return committed
-        print(f"The committed Kurs-Mini ({committed}) was built from another corpus or recipe.")
-    print(f"Building Kurs-Mini in {model_dir} now (about 10 minutes on 2 CPU cores).")
+    print(f"Building Kurs-Mini (plain recipe) in {model_dir} now.")
     return build(corpus, model_dir, config, progress=progress)
+
+
+def install_reading(src: str | Path, dest: str | Path | None = None, corpus: str | Path | None = None,
+                    **facts) -> Path:
+    """Install a model trained by the reading recipe (``READING_SCRIPT``'s output folder) as Kurs-Mini: copy its
+    files, write ``build_info.json`` (fingerprint, recipe, corpus hash, probe and loss from its
+    ``pretrain_info.json``) and ``MANIFEST.json`` with the sha256 of every file."""
+    src, dest = Path(src), Path(dest or default_dir())
+    corpus = Path(corpus or paths.corpus_dir())
+    pre = io.read_json(src / "pretrain_info.json")
+    recipe = pre.get("recipe", {})
+    selection = pretraining_documents(corpus)
+    tmp = dest.with_name(dest.name + ".tmp-install")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("MANIFEST.json", "build_info.json", "pretrain_info.json"):
+            shutil.copy2(f, tmp / f.name)
+    losses = pre.get("losses", [])
+    info = {"name": "Kurs-Mini", "recipe_kind": "reading", "fingerprint": reading_fingerprint(corpus),
+            "documents": len(selection["texts"]), "scrubbed_corpus_sha256": selection["sha256"],
+            "excluded_eval_documents": selection["excluded_eval"],
+            "excluded_near_duplicates": selection["excluded_near"],
+            "parameters": recipe.get("params"), "config": READING_RECIPE,
+            "loss_first": losses[0][0] if losses else None, "loss_last": recipe.get("final_task_loss"),
+            "text_loss_last": recipe.get("final_text_loss"), "probe": recipe.get("probe"),
+            "probe_n": recipe.get("probe_n"), "pretrain_seconds": recipe.get("pretrain_s"), "losses": losses}
+    io.write_json(tmp / "build_info.json", info)
+    write_manifest(tmp, **facts)
+    manifest = io.read_json(tmp / "MANIFEST.json")
+    manifest.update(recipe=READING_SCRIPT, config=READING_RECIPE, seed=READING_RECIPE["seed"],
+                    probe=info["probe"], text_loss_last=info["text_loss_last"])
+    io.write_json(tmp / "MANIFEST.json", manifest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
+def build_reading(out_dir: str | Path | None = None, corpus: str | Path | None = None) -> Path:
+    """Re-run the reading recipe (``READING_SCRIPT``) and install the result into ``out_dir`` (models/kurs-mini)."""
+    import subprocess
+    import tempfile
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise KursMiniError(
+            "The reading recipe of Kurs-Mini needs a CUDA GPU (about 6 minutes on an H200; on 2 CPU cores it would "
+            "take many hours). The committed model in assets/kurs-mini is that build: restore it with "
+            "`git checkout -- assets/kurs-mini`. `python -m helpers model build --recipe plain` builds the plain "
+            "language model on CPU (it cannot read).")
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["bash", READING_SCRIPT, tmp], cwd=paths.ROOT, check=True)
+        return install_reading(Path(tmp) / READING_RECIPE["name"], out_dir, corpus,
+                               device=torch.cuda.get_device_name(0))

@@ -55,7 +55,10 @@ def add_cli(sub, profile: Profile) -> None:
     profile_arg(p, profile)
     p.add_argument("--corpus", default=None, help="corpus directory (default data/corpus)")
     p.add_argument("--output", default=None, help="model directory (default models/kurs-mini)")
-    p.add_argument("--steps", type=int, default=kursmini.BuildConfig.steps, help="pretraining steps (default %(default)s)")
+    p.add_argument("--recipe", default="reading", choices=["reading", "plain"],
+                   help="build: reading (the course's model; needs a CUDA GPU) or plain (CPU, cannot read)")
+    p.add_argument("--steps", type=int, default=kursmini.BuildConfig.steps,
+                   help="plain recipe: pretraining steps (default %(default)s)")
     p.add_argument("--shape", default="tiny", choices=["tiny", "7b"], help="testmodel: tiny (CPU tests) or 7b")
     p.add_argument("--dtype", default="bfloat16", help="testmodel: weight dtype (default %(default)s)")
     p.set_defaults(func=cmd_model)
@@ -67,7 +70,10 @@ def cmd_model(args) -> int:
 
     from . import kursmini
 
-    if args.action == "build":
+    if args.action == "build" and args.recipe == "reading":
+        path = kursmini.build_reading(args.output, args.corpus)
+        print(f"Kurs-Mini (reading recipe) installed in {path}: {kursmini.verify(path)['probe']}")
+    elif args.action == "build":
         path = kursmini.build(out_dir=args.output, corpus=args.corpus, config=kursmini.BuildConfig(steps=args.steps))
         info = kursmini.build_info(path)
         print(f"Kurs-Mini built in {path}: {info['parameters']:,} parameters, {info['documents']} documents, "

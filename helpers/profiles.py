@@ -75,6 +75,13 @@ class TrainSettings:
     logging_steps: int = 10
     save_steps: int | None = None      # None: every third of the run (with the eval)
     threads: int | None = None         # CPU only: torch threads (None: torch's default)
+    # what answerable gold records teach: "reference" (the human answer) or "context" (quote the context: a model
+    # too small to paraphrase, like Kurs-Mini, learns to answer with the passage; training.answer_targets)
+    answer_target: str = "reference"
+
+    def __post_init__(self):
+        if self.answer_target not in ("reference", "context"):
+            raise ProfileError(f"train.answer_target must be `reference` or `context`, not `{self.answer_target}`")
 
     @property
     def warmup(self) -> int:

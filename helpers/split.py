@@ -57,6 +57,14 @@ def gold_splits(seed: int = 0) -> dict[str, list[dict]]:
     return group_split(gold.load_qa(), "doc_id", DEFAULT_FRACTIONS, seed)
 
 
+def gold_eval(seed: int = 0) -> list[dict]:
+    """The gold eval split as every model sees it: PII-scrubbed (question, answer, context). A model that reads
+    copies from its context, so planted personal data must not be in it."""
+    from . import qc
+
+    return [qc.scrub_record(r) for r in gold_splits(seed)["eval"]]
+
+
 # --------------------------------------------------------------------------- the course's training data
 def _norm_context(text: str) -> str:
     import re
@@ -97,8 +105,8 @@ def training_splits(generated: list[dict], seed: int = 0, scrub: bool = True) ->
 
     The gold split by document (:func:`gold_splits`) decides where each document goes; a generated pair
     follows its document. ``eval`` stays gold-only: generated pairs of eval documents are returned as
-    rejects (reason ``eval_document``), so no eval context reaches training. Train and val pairs are
-    PII-scrubbed (question, answer, context) when ``scrub`` is set. Generated pairs of documents without
+    rejects (reason ``eval_document``), so no eval context reaches training. All pairs are PII-scrubbed
+    (question, answer, context) when ``scrub`` is set: a model that reads copies from its context. Generated pairs of documents without
     gold items go to train.
     """
     from . import qc
@@ -109,7 +117,7 @@ def training_splits(generated: list[dict], seed: int = 0, scrub: bool = True) ->
     for name, recs in gold.items():
         for r in recs:
             rec = {**r, "source": "gold"}
-            out[name].append(qc.scrub_record(rec) if scrub and name != "eval" else rec)
+            out[name].append(qc.scrub_record(rec) if scrub else rec)
     rejects = []
     for r in generated:
         name = doc_split.get(r["doc_id"], "train")

@@ -98,13 +98,14 @@ def training_records(work_dir: str | Path, rejects_path: str | Path | None = Non
     train: the gold training split, PII-scrubbed (``source="gold"``), plus, where notebook 07 has written them,
     the QC-accepted generated pairs in ``<work_dir>/data/qa_accepted.jsonl`` (``source="generated"``; QC rejects
     any pair with personal data). No planted personal value reaches the adapter's weights.
-    eval: the gold evaluation split (``source="gold"``), leak-free by document, unchanged (as split.training_splits).
+    eval: the gold evaluation split (``source="gold"``), leak-free by document, PII-scrubbed like everything a model
+    sees (a model that reads would otherwise copy planted names from the eval contexts into its answers).
     """
     from . import qc, split
 
     splits = split.gold_splits()
     train = [{**qc.scrub_record(r), "source": "gold"} for r in splits["train"]]
-    evaluation = [{**r, "source": "gold"} for r in splits["eval"]]
+    evaluation = [{**r, "source": "gold"} for r in split.gold_eval()]
     accepted = dataset.files(work_dir).accepted
     if accepted.exists():
         generated = load_records(accepted, rejects_path)
@@ -119,6 +120,20 @@ def training_records(work_dir: str | Path, rejects_path: str | Path | None = Non
                                             "stage": "train"} for r in leaking])
         train += [{**r, "source": "generated"} for r in generated if doc_of(r) not in eval_docs]
     return train, evaluation
+
+
+def answer_targets(records: list[dict], target: str = "reference") -> list[dict]:
+    """What each record teaches (``TrainSettings.answer_target``). ``reference``: the records as they are.
+    ``context``: answerable gold records answer with their whole context -- a model too small to paraphrase
+    (Kurs-Mini) learns to quote the passage instead of imitating wording it cannot produce. Unanswerable records
+    keep the refusal; generated and hand-made records are never changed."""
+    if target == "reference":
+        return list(records)
+    if target != "context":
+        raise ValueError(f"Unknown answer_target '{target}': reference or context")
+    return [{**r, "answer": r["context"], "answer_target": "context"}
+            if r.get("source") == "gold" and r.get("type") != "unanswerable" and r.get("context") else r
+            for r in records]
 
 
 # --------------------------------------------------------------------------- model
@@ -200,7 +215,8 @@ def train(profile: Profile, train_records: list[dict], eval_records: list[dict] 
     output_dir = Path(output_dir)
     rejects_path = rejects_path or dataset.rejects_file(output_dir, STAGE)
     cfg = dataclasses.replace(profile.train, max_steps=max_steps) if max_steps else profile.train
-    train_records = validate_records(train_records, "the training records", rejects_path)
+    train_records = validate_records(answer_targets(train_records, cfg.answer_target), "the training records",
+                                     rejects_path)
     model_dir = models.resolve(profile, "train_model")
     tok = load_tokenizer(model_dir, pad_as_eos=pad_as_eos)
     train_enc = encode_records(tok, train_records, cfg.max_length, rejects_path, "(train)")
@@ -239,7 +255,7 @@ def train(profile: Profile, train_records: list[dict], eval_records: list[dict] 
                 "lora_alpha": profile.lora.alpha, "target_modules": profile.lora.target_modules,
                 "quantize_4bit": cfg.quantize_4bit, "train_dtype": dtype,
                 "max_steps": steps, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
-                "learning_rate": cfg.learning_rate, "max_length": cfg.max_length,
+                "learning_rate": cfg.learning_rate, "max_length": cfg.max_length, "answer_target": cfg.answer_target,
                 "optimizer": cfg.optimizer, "gradient_checkpointing": cfg.gradient_checkpointing,
                 "train_examples": len(train_enc), "eval_examples": len(eval_enc or []),
                 "train_tokens": sum(e["length"] for e in train_enc),

@@ -108,3 +108,26 @@ def test_corrupt_committed_model_names_the_rebuild_command(tmp_path, monkeypatch
         (copy / "MANIFEST.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(kursmini.KursMiniError, match="python -m helpers model build"):
         kursmini.ensure(tmp_path / "no-local-build")
+
+
+def test_a_changed_corpus_is_refused_with_the_rebuild_command_never_replaced(tiny_corpus, tmp_path, monkeypatch):
+    """The committed model is the reading build of the course corpus: on another corpus ensure() says how to
+    rebuild instead of silently training some other model."""
+    monkeypatch.setattr(kursmini, "build", lambda *a, **k: pytest.fail("must not fall back to a build"))
+    with pytest.raises(kursmini.KursMiniError, match="python -m helpers model build"):
+        kursmini.ensure(tmp_path / "no-local-build", tiny_corpus)
+
+
+def test_the_reading_recipe_without_a_gpu_says_what_to_do(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(kursmini.KursMiniError, match="needs a CUDA GPU.*--recipe plain"):
+        kursmini.build_reading()
+
+
+def test_committed_model_is_the_reading_build_with_its_probe():
+    manifest = kursmini.verify(kursmini.committed_dir())
+    assert manifest["recipe"] == kursmini.READING_SCRIPT and manifest["config"] == kursmini.READING_RECIPE
+    assert manifest["probe"]["absent"] >= 0.9 and manifest["probe"]["repeat"] >= 0.9
+    assert (kursmini.paths.ROOT / kursmini.READING_SCRIPT).exists()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from helpers import gold, io, split
+from helpers import pii, gold, io, split
 
 
 def _generated(n_per_doc=4):
@@ -35,12 +35,19 @@ def test_training_split_is_seeded_and_deterministic():
     assert {k: [r["id"] for r in v] for k, v in a.items()} == {k: [r["id"] for r in v] for k, v in b.items()}
 
 
-def test_train_pairs_are_scrubbed_eval_pairs_untouched():
+def test_every_split_is_scrubbed_since_a_reading_model_copies_its_context():
     splits, _ = split.training_splits([], seed=0)
-    train_text = " ".join(r["context"] + r["answer"] for r in splits["train"])
-    assert "@donautal-mt.de" not in train_text and "78830-" not in train_text
+    for name in ("train", "val", "eval"):
+        text = " ".join(r["question"] + r["context"] + r["answer"] for r in splits[name])
+        assert "@donautal-mt.de" not in text and "78830-" not in text, name
     originals = {r["id"]: r for r in gold.load_qa()}
-    assert all(r["context"] == originals[r["id"]]["context"] for r in splits["eval"])
+    raw_eval = " ".join(originals[r["id"]]["context"] for r in splits["eval"])
+    scrubbed_eval = " ".join(r["context"] for r in splits["eval"])
+    planted = [p["value"] for p in pii.load_planted() if len(p["value"]) >= 6]
+    assert [v for v in planted if v in raw_eval]          # the gold eval contexts do hold planted PII ...
+    assert [v for v in planted if v in scrubbed_eval] == []   # ... which no model gets to see
+    as_seen = {r["id"]: r["context"] for r in split.gold_eval()}
+    assert as_seen == {r["id"]: r["context"] for r in splits["eval"]}
 
 
 def test_per_pair_split_leaks_and_group_split_does_not():

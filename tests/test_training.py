@@ -362,3 +362,26 @@ def test_gold_training_records_carry_no_planted_personal_data(tmp_path):
     text = " ".join(r["question"] + r["answer"] + r["context"] for r in train)
     assert [v for v in planted if v in text] == []
     assert "[NAME]" in text or "[TELEFON]" in text or "[E-MAIL]" in text   # scrubbed, not dropped
+
+
+def test_context_target_quotes_the_context_for_answerable_gold_records_only():
+    """Kurs-Mini cannot paraphrase: on `answer_target: context` an answerable gold record teaches its context;
+    refusals and generated records are left as they are, and an unknown target is an error."""
+    recs = [{"id": "a", "source": "gold", "type": "factual", "question": "Q?", "context": "Kontext A.", "answer": "Ref."},
+            {"id": "b", "source": "gold", "type": "unanswerable", "question": "Q?", "context": "Kontext B.",
+             "answer": prompts.REFUSAL},
+            {"id": "c", "source": "generated", "type": "factual", "question": "Q?", "context": "Kontext C.",
+             "answer": "Gen."}]
+    assert [r["answer"] for r in training.answer_targets(recs, "context")] == ["Kontext A.", prompts.REFUSAL, "Gen."]
+    assert training.answer_targets(recs, "reference") == recs
+    with pytest.raises(ValueError, match="reference or context"):
+        training.answer_targets(recs, "summary")
+    assert load_profile("mini").train.answer_target == "context"
+    assert load_profile("l4").train.answer_target == "reference"
+
+
+def test_an_unknown_answer_target_in_a_profile_is_refused():
+    import dataclasses
+
+    with pytest.raises(ProfileError, match="answer_target"):
+        dataclasses.replace(load_profile("mini").train, answer_target="summary")

@@ -243,7 +243,7 @@ def finetune(base, tok, records, steps, pad_as_eos=False, seed=0):
 
 def chat_eval(model, tok, recs):
     prompts = [tok.apply_chat_template(msgs(r, False), tokenize=False, add_generation_prompt=True) for r in recs]
-    outs = generate(model, tok, prompts, 64, eos_id=tok.eos_token_id)
+    outs = generate(model, tok, prompts, int(os.environ.get('CHAT_MAX', 64)), eos_id=tok.eos_token_id)
     return [score_item(r, o, s) for r, (o, s) in zip(recs, outs)]
 
 
