@@ -230,6 +230,54 @@ def run(profile: Profile, records: Sequence[dict], adapters: dict[str, str] | No
     return items
 
 
+# --------------------------------------------------------------------------- context over memory
+def counterfactual_records(records: Sequence[dict], seed: int = 0) -> list[dict]:
+    """The "strict context" test set: answerable records whose key number -- one that context and reference
+    share, not a year -- is replaced in context and reference by another plausible value (``cf_old`` ->
+    ``cf_new``). A model that reads answers with the new value; one that answers from memory keeps the old."""
+    import random
+    import re
+
+    rng = random.Random(seed)
+    out = []
+    for r in records:
+        if r.get("type") == "unanswerable":
+            continue
+        in_context = list(dict.fromkeys(re.findall(r"(?<![\d.,])\d+(?!\d)", r["context"])))
+        shared = [n for n in in_context if re.search(rf"(?<!\d){n}(?!\d)", r["answer"])
+                  and not 1990 <= int(n) <= 2035]
+        if not shared:
+            continue
+        old = shared[0]
+        value = int(old)
+        new = str(value + rng.choice([1, 2, 3, 5]) if value < 10 else value * 2 if value < 1000 else value + 1000)
+
+        def swap(text: str) -> str:
+            return re.sub(rf"(?<![\d.,]){old}(?!\d)", new, text)
+
+        out.append({**r, "id": f"{r['id']}-cf", "context": swap(r["context"]), "answer": swap(r["answer"]),
+                    "cf_old": old, "cf_new": new})
+    return out
+
+
+def follows_context(items: Sequence[dict], records: Sequence[dict]) -> dict[str, dict]:
+    """Per variant: the share of answers to counterfactual records that carry the edited value and not the
+    original one (Wilson interval), and how many still carry the original."""
+    from .stats import wilson_ci
+
+    by_id = {r["id"]: r for r in records}
+    out: dict[str, dict] = {}
+    for variant in dict.fromkeys(it["variant"] for it in items):
+        mine = [it for it in items if it["variant"] == variant and it["id"] in by_id]
+        follows = [by_id[it["id"]]["cf_new"] in numbers(it["answer"])
+                   and by_id[it["id"]]["cf_old"] not in numbers(it["answer"]) for it in mine]
+        memory = sum(by_id[it["id"]]["cf_old"] in numbers(it["answer"]) for it in mine)
+        low, high = wilson_ci(sum(follows), len(follows)) if follows else (float("nan"), float("nan"))
+        out[variant] = {"n": len(follows), "follows_context": sum(follows) / len(follows) if follows else None,
+                        "ci_low": low, "ci_high": high, "keeps_original": memory}
+    return out
+
+
 def report(items: Sequence[dict], base: str = "base", n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """Summary per variant plus a paired comparison of every adapter with the base model."""
     summary = summarize(items, n_boot, seed)

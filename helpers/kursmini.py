@@ -265,6 +265,27 @@ def build_info(model_dir: str | Path | None = None) -> dict | None:
     return io.read_json(path) if path.exists() else None
 
 
+PROBE_NAMES = {"repeat": "Kontext wiederholen", "cloze": "Lückentext", "find": "Satz zu einem Textstück finden",
+               "kv": "Schlüssel → Wert", "ext": "Frage → Satz mit der Antwort", "absent": "„nicht im Text“ erkannt"}
+
+
+def summary(model_dir: str | Path | None = None) -> str:
+    """One German line about the model in ``model_dir``: size, what it was pretrained on, and for the reading
+    recipe its probe accuracies on held-out eval-split documents (notebook 02)."""
+    info = build_info(model_dir) or {}
+    head = f"{info.get('parameters') or 0:,} Parameter, vortrainiert auf {info.get('documents')} PII-bereinigten Dokumenten"
+    if info.get("recipe_kind") != "reading":
+        return (f"{head} (einfaches Sprachmodell, {info.get('config', {}).get('steps')} Schritte), "
+                f"Loss {info.get('loss_first', 0):.2f} → {info.get('loss_last', 0):.2f}")
+    probe = info.get("probe") or {}
+    lines = [f"{head} (Lese-Lehrplan, {info['config']['steps']} Schritte)",
+             "Lese-Probe auf Fenstern der Eval-Dokumente (Zahlen und Namen ausgetauscht), Anteil richtig:"]
+    lines += [f"  {PROBE_NAMES[k]}: {probe[k]:.2f}" for k in PROBE_NAMES if k in probe]
+    if "false_absent" in probe:
+        lines.append(f"  fälschlich „nicht im Text“ bei beantwortbaren Aufgaben: {probe['false_absent']:.2f}")
+    return "\n".join(lines)
+
+
 def file_hashes(model_dir: str | Path) -> dict[str, str]:
     """sha256 of every file of a model folder except the manifest itself."""
     root = Path(model_dir)

@@ -103,10 +103,7 @@ def cmd_model(args) -> int:
     elif args.action == "path":
         print(resolve(args.profile))
     elif args.action == "info":
-        info = kursmini.build_info()
-        if info is None:
-            print("Kurs-Mini is not built yet: run `python -m helpers model build`.", file=sys.stderr)
-            return 1
+        info = kursmini.build_info(kursmini.ensure())
         info.pop("losses", None)
         print(json.dumps(info, indent=2, ensure_ascii=False))
     return 0

@@ -197,3 +197,24 @@ def test_cli_evaluates_base_and_adapter_with_real_vllm(tmp_path):
     assert result["comparisons"]["rand"]["stopped"]["test"] == "McNemar (exact)"
     rejects = io.read_jsonl(out.parent / "rejects" / "evaluate.jsonl")  # dataset.rejects_file
     assert [r["id"] for r in rejects] == ["broken"]
+
+
+def test_counterfactual_set_swaps_the_shared_number_and_scores_who_follows_the_context():
+    from helpers import evaluation
+
+    recs = [{"id": "a", "type": "factual", "question": "Wie lange?", "context": "Die Frist beträgt 14 Tage (seit 2024).",
+             "answer": "14 Tage."},
+            {"id": "b", "type": "factual", "question": "Seit wann?", "context": "Gilt seit 2024.", "answer": "Seit 2024."},
+            {"id": "c", "type": "unanswerable", "question": "Wer?", "context": "Die Frist beträgt 14 Tage.",
+             "answer": "Das geht aus den vorliegenden Dokumenten nicht hervor."}]
+    cf = evaluation.counterfactual_records(recs)
+    assert [r["id"] for r in cf] == ["a-cf"]          # years and unanswerable items are left out
+    r = cf[0]
+    assert r["cf_old"] == "14" and r["cf_new"] != "14" and r["cf_new"] in r["context"] and "14" not in r["context"]
+    assert "2024" in r["context"] and r["cf_new"] in r["answer"]
+    items = [{"variant": "reads", "id": "a-cf", "answer": r["context"]},
+             {"variant": "remembers", "id": "a-cf", "answer": "Die Frist beträgt 14 Tage."}]
+    out = evaluation.follows_context(items, cf)
+    assert out["reads"]["follows_context"] == 1.0 and out["reads"]["keeps_original"] == 0
+    assert out["remembers"]["follows_context"] == 0.0 and out["remembers"]["keeps_original"] == 1
+    assert 0 < out["reads"]["ci_low"] < 1

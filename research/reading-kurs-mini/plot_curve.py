@@ -1,4 +1,4 @@
-"""Draw the reading probe's learning curve (attempts 2-3) into docs/kurs-mini-lernkurve.png.
+"""Draw the reading probe's learning curve (attempt 3 and attempt 4, the committed Kurs-Mini) into docs/kurs-mini-lernkurve.png.
 
 Usage (repository root): .venv/bin/python research/reading-kurs-mini/plot_curve.py
 """
@@ -11,11 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-curve = pd.read_csv(HERE / "attempt2-3" / "learning_curve.csv")
+curve = pd.concat([pd.read_csv(HERE / "attempt2-3" / "learning_curve.csv"), pd.read_csv(HERE / "attempt4" / "learning_curve.csv")])
 tasks = {"repeat": "Kontext wiederholen", "cloze": "Lückentext (Satzanfang → Rest)", "find": "Satz zu Textstück finden",
          "kv": "Schlüssel → Wert", "ext": "Frage → Satz mit der Antwort", "absent": "„nicht im Text“ erkannt"}
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
-for ax, model, title in ((axes[0], "R6L", "Versuch 2 (R6L, 1059 Schritte)"), (axes[1], "R6X", "Versuch 3 (R6X, 1715 Schritte)")):
+for ax, model, title in ((axes[0], "R6X", "Versuch 3 (R6X, 6,2 Mio. Parameter)"), (axes[1], "R9", "Versuch 4: Kurs-Mini (R9, 12,6 Mio. Parameter)")):
     rows = curve[curve.model == model]
     for key, label in tasks.items():
         ax.plot(rows.step, rows[key], marker="o", ms=3, label=label)
