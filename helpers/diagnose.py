@@ -23,7 +23,9 @@ EOS_MIN_SHARE = 0.9   # below this share of examples with EOS in the labels the 
 def inspect_setup(profile: Profile, records: list[dict], pad_as_eos: bool = False,
                   collator: str = "completion", batch_size: int | None = None,
                   max_length: int | None = None) -> dict[str, Any]:
-    """Encode and collate ``records`` as training would and measure what reaches the labels."""
+    """Encode and collate ``records`` as training would (with the profile's answer target) and measure what
+    reaches the labels."""
+    records = training.answer_targets(records, profile.train.answer_target)
     model_dir = models.resolve(profile, "train_model")
     tok = load_tokenizer(model_dir, pad_as_eos=pad_as_eos)
     max_length = max_length or profile.train.max_length

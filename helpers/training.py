@@ -126,12 +126,13 @@ def answer_targets(records: list[dict], target: str = "reference") -> list[dict]
     """What each record teaches (``TrainSettings.answer_target``). ``reference``: the records as they are.
     ``context``: answerable gold records answer with their whole context -- a model too small to paraphrase
     (Kurs-Mini) learns to quote the passage instead of imitating wording it cannot produce. Unanswerable records
-    keep the refusal; generated and hand-made records are never changed."""
+    keep the refusal (the human answer stays in ``reference_answer``); generated and hand-made records are never
+    changed. ``train`` applies it to the training and the eval records (so the eval loss measures the same task)."""
     if target == "reference":
         return list(records)
     if target != "context":
         raise ValueError(f"Unknown answer_target '{target}': reference or context")
-    return [{**r, "answer": r["context"], "answer_target": "context"}
+    return [{**r, "answer": r["context"], "reference_answer": r["answer"], "answer_target": "context"}
             if r.get("source") == "gold" and r.get("type") != "unanswerable" and r.get("context") else r
             for r in records]
 
@@ -220,6 +221,7 @@ def train(profile: Profile, train_records: list[dict], eval_records: list[dict] 
     model_dir = models.resolve(profile, "train_model")
     tok = load_tokenizer(model_dir, pad_as_eos=pad_as_eos)
     train_enc = encode_records(tok, train_records, cfg.max_length, rejects_path, "(train)")
+    eval_records = answer_targets(eval_records, cfg.answer_target) if eval_records else eval_records
     eval_enc = encode_records(tok, validate_records(eval_records, "the eval records", rejects_path, "eval"),
                               cfg.max_length, rejects_path, "(eval)") if eval_records else None
 
