@@ -124,16 +124,17 @@ def training_records(work_dir: str | Path, rejects_path: str | Path | None = Non
 
 def answer_targets(records: list[dict], target: str = "reference") -> list[dict]:
     """What each record teaches (``TrainSettings.answer_target``). ``reference``: the records as they are.
-    ``context``: answerable gold records answer with their whole context -- a model too small to paraphrase
-    (Kurs-Mini) learns to quote the passage instead of imitating wording it cannot produce. Unanswerable records
-    keep the refusal (the human answer stays in ``reference_answer``); generated and hand-made records are never
-    changed. ``train`` applies it to the training and the eval records (so the eval loss measures the same task)."""
+    ``context``: answerable gold and generated records answer with their whole context -- a model too small to
+    paraphrase (Kurs-Mini) learns to quote the passage instead of imitating wording it cannot produce (generated
+    pairs too, so notebook 07 compares the data, not two different tasks). Unanswerable records keep the refusal;
+    the original answer stays in ``reference_answer``; records without a source (hand-made files) never change. ``train`` applies it to the training and the eval records (so the eval loss measures the same task)."""
     if target == "reference":
         return list(records)
     if target != "context":
         raise ValueError(f"Unknown answer_target '{target}': reference or context")
     return [{**r, "answer": r["context"], "reference_answer": r["answer"], "answer_target": "context"}
-            if r.get("source") == "gold" and r.get("type") != "unanswerable" and r.get("context") else r
+            if r.get("source") in ("gold", "generated") and r.get("type") != "unanswerable" and r.get("context")
+            else r
             for r in records]
 
 
@@ -216,8 +217,9 @@ def train(profile: Profile, train_records: list[dict], eval_records: list[dict] 
     output_dir = Path(output_dir)
     rejects_path = rejects_path or dataset.rejects_file(output_dir, STAGE)
     cfg = dataclasses.replace(profile.train, max_steps=max_steps) if max_steps else profile.train
-    train_records = validate_records(answer_targets(train_records, cfg.answer_target), "the training records",
-                                     rejects_path)
+    train_records = validate_records(train_records, "the training records", rejects_path)
+    data_fingerprint = fingerprint(train_records)       # the data; what it teaches is ``answer_target``
+    train_records = answer_targets(train_records, cfg.answer_target)
     model_dir = models.resolve(profile, "train_model")
     tok = load_tokenizer(model_dir, pad_as_eos=pad_as_eos)
     train_enc = encode_records(tok, train_records, cfg.max_length, rejects_path, "(train)")
@@ -262,7 +264,7 @@ def train(profile: Profile, train_records: list[dict], eval_records: list[dict] 
                 "train_examples": len(train_enc), "eval_examples": len(eval_enc or []),
                 "train_tokens": sum(e["length"] for e in train_enc),
                 "sources": {s: sum(r.get("source") == s for r in train_records) for s in ("gold", "generated")},
-                "dataset_fingerprint": fingerprint(train_records),
+                "dataset_fingerprint": data_fingerprint,
                 "trainable_parameters": trainable, "total_parameters": total}
     if tracker is not None:
         tracker.start(run_name or output_dir.name, params=run_info,
@@ -370,7 +372,8 @@ def ensure_adapter(profile: Profile, work_dir: str | Path, name: str = "fixed", 
     target = adapters_dir(work_dir) / name
     info = adapter_info(target)
     if (info and (target / "adapter_config.json").exists() and info.get("profile") == profile.name
-            and info.get("pad_as_eos") == pad_as_eos and info.get("collator") == collator):
+            and info.get("pad_as_eos") == pad_as_eos and info.get("collator") == collator
+            and info.get("answer_target", "reference") == profile.train.answer_target):
         return target
     print(f"Adapter '{name}' not found in {target.parent}: training it now "
           f"(pad_as_eos={pad_as_eos}, collator={collator}).", flush=True)

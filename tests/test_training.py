@@ -365,14 +365,17 @@ def test_gold_training_records_carry_no_planted_personal_data(tmp_path):
 
 
 def test_context_target_quotes_the_context_for_answerable_gold_records_only():
-    """Kurs-Mini cannot paraphrase: on `answer_target: context` an answerable gold record teaches its context;
-    refusals and generated records are left as they are, and an unknown target is an error."""
+    """Kurs-Mini cannot paraphrase: on `answer_target: context` an answerable gold or generated record teaches its
+    context; refusals and records without a source are left as they are, and an unknown target is an error."""
     recs = [{"id": "a", "source": "gold", "type": "factual", "question": "Q?", "context": "Kontext A.", "answer": "Ref."},
             {"id": "b", "source": "gold", "type": "unanswerable", "question": "Q?", "context": "Kontext B.",
              "answer": prompts.REFUSAL},
             {"id": "c", "source": "generated", "type": "factual", "question": "Q?", "context": "Kontext C.",
-             "answer": "Gen."}]
-    assert [r["answer"] for r in training.answer_targets(recs, "context")] == ["Kontext A.", prompts.REFUSAL, "Gen."]
+             "answer": "Gen."},
+            {"id": "d", "type": "factual", "question": "Q?", "context": "Kontext D.", "answer": "Eigene."}]
+    out = training.answer_targets(recs, "context")
+    assert [r["answer"] for r in out] == ["Kontext A.", prompts.REFUSAL, "Kontext C.", "Eigene."]
+    assert out[0]["reference_answer"] == "Ref." and "reference_answer" not in out[1]
     assert training.answer_targets(recs, "reference") == recs
     with pytest.raises(ValueError, match="reference or context"):
         training.answer_targets(recs, "summary")
