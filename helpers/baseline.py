@@ -43,8 +43,9 @@ def summary_table(comparison: dict[str, dict]):
     return pd.DataFrame(rows)
 
 
-def examples_table(comparison: dict[str, dict], records: Sequence[dict], n: int = 3, width: int = 160):
-    """Question, reference answer and each variant's answer side by side for the first ``n`` records."""
+def examples_table(comparison: dict[str, dict], records: Sequence[dict], n: int = 3, width: int | None = None):
+    """Question, reference answer and each variant's complete answer (unless ``width`` cuts it) side by side for
+    the first ``n`` records."""
     import pandas as pd
 
     rows = []

@@ -112,6 +112,27 @@ def item_html(items: Sequence[dict], item_id: str) -> str:
     return "".join(out)
 
 
+def example_answers(items: Sequence[dict], records: Sequence[dict], per_type: int = 1,
+                    types: Sequence[str] = ("factual", "conceptual", "unanswerable")) -> str:
+    """Complete answers (never cut) of every variant to the first ``per_type`` questions of each type: question,
+    context, reference and each answer with its finish reason, as plain text for a saved notebook."""
+    by_id = {r["id"]: r for r in records}
+    variants = list(dict.fromkeys(it["variant"] for it in items))
+    answers = {(it["id"], it["variant"]): it for it in items}
+    blocks = []
+    for qa_type in types:
+        ids = [r["id"] for r in records if r["type"] == qa_type][:per_type]
+        for item_id in ids:
+            rec = by_id[item_id]
+            lines = [f"=== {qa_type}: {rec['question']}", f"Kontext:  {rec['context']}", f"Referenz: {rec['answer']}"]
+            for v in variants:
+                it = answers.get((item_id, v))
+                if it is not None:
+                    lines.append(f"{v} [{it['finish_reason']}, {it['answer_tokens']} Tokens]: {it['answer']}")
+            blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 def browser(items: Sequence[dict]):
     """An ipywidgets browser over the items: filter by type, pick a question, see all variants side by side.
 

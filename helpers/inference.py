@@ -144,8 +144,8 @@ def summarize(results: Sequence[Generation], seconds: float | None = None) -> di
     return summary
 
 
-def results_table(results: Sequence[Generation], width: int = 100):
-    """A DataFrame for display: finish reason, token counts and the start of each answer."""
+def results_table(results: Sequence[Generation], width: int | None = None):
+    """A DataFrame for display: finish reason, token counts and each answer (complete unless ``width`` cuts it)."""
     import pandas as pd
 
     return pd.DataFrame([{"finish_reason": r.finish_reason, "prompt_tokens": r.prompt_tokens,

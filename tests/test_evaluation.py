@@ -218,3 +218,15 @@ def test_counterfactual_set_swaps_the_shared_number_and_scores_who_follows_the_c
     assert out["reads"]["follows_context"] == 1.0 and out["reads"]["keeps_original"] == 0
     assert out["remembers"]["follows_context"] == 0.0 and out["remembers"]["keeps_original"] == 1
     assert 0 < out["reads"]["ci_low"] < 1
+
+
+def test_example_answers_are_complete_never_cut():
+    from helpers import evalreport
+
+    long_answer = "Satz. " * 80
+    recs = [{"id": "a", "type": "factual", "question": "Wie?", "context": "K.", "answer": "R."},
+            {"id": "b", "type": "unanswerable", "question": "Wer?", "context": "K2.", "answer": "Das geht nicht."}]
+    items = [{"id": "a", "variant": "fixed", "answer": long_answer, "finish_reason": "length", "answer_tokens": 128},
+             {"id": "b", "variant": "fixed", "answer": "kurz", "finish_reason": "stop", "answer_tokens": 2}]
+    text = evalreport.example_answers(items, recs)
+    assert long_answer in text and "=== unanswerable: Wer?" in text and "[length, 128 Tokens]" in text
