@@ -106,8 +106,8 @@ def training_splits(generated: list[dict], seed: int = 0, scrub: bool = True) ->
     The gold split by document (:func:`gold_splits`) decides where each document goes; a generated pair
     follows its document. ``eval`` stays gold-only: generated pairs of eval documents are returned as
     rejects (reason ``eval_document``), so no eval context reaches training. All pairs are PII-scrubbed
-    (question, answer, context) when ``scrub`` is set: a model that reads copies from its context. Generated pairs of documents without
-    gold items go to train.
+    (question, answer, context) when ``scrub`` is set: a model that reads copies from its context. Generated
+    pairs of documents without gold items go to train.
     """
     from . import qc
 

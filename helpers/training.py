@@ -127,7 +127,8 @@ def answer_targets(records: list[dict], target: str = "reference") -> list[dict]
     ``context``: answerable gold and generated records answer with their whole context -- a model too small to
     paraphrase (Kurs-Mini) learns to quote the passage instead of imitating wording it cannot produce (generated
     pairs too, so notebook 07 compares the data, not two different tasks). Unanswerable records keep the refusal;
-    the original answer stays in ``reference_answer``; records without a source (hand-made files) never change. ``train`` applies it to the training and the eval records (so the eval loss measures the same task)."""
+    the original answer stays in ``reference_answer``; records without a source (hand-made files) never change.
+    ``train`` applies it to the training and the eval records (so the eval loss measures the same task)."""
     if target == "reference":
         return list(records)
     if target != "context":
