@@ -268,10 +268,10 @@ def follows_context(items: Sequence[dict], records: Sequence[dict]) -> dict[str,
     by_id = {r["id"]: r for r in records}
     out: dict[str, dict] = {}
     for variant in dict.fromkeys(it["variant"] for it in items):
-        mine = [it for it in items if it["variant"] == variant and it["id"] in by_id]
-        follows = [by_id[it["id"]]["cf_new"] in numbers(it["answer"])
-                   and by_id[it["id"]]["cf_old"] not in numbers(it["answer"]) for it in mine]
-        memory = sum(by_id[it["id"]]["cf_old"] in numbers(it["answer"]) for it in mine)
+        seen = [(by_id[it["id"]], numbers(it["answer"])) for it in items
+                if it["variant"] == variant and it["id"] in by_id]
+        follows = [rec["cf_new"] in nums and rec["cf_old"] not in nums for rec, nums in seen]
+        memory = sum(rec["cf_old"] in nums for rec, nums in seen)
         low, high = wilson_ci(sum(follows), len(follows)) if follows else (float("nan"), float("nan"))
         out[variant] = {"n": len(follows), "follows_context": sum(follows) / len(follows) if follows else None,
                         "ci_low": low, "ci_high": high, "keeps_original": memory}

@@ -390,11 +390,8 @@ def install_reading(src: str | Path, dest: str | Path | None = None, corpus: str
             "text_loss_last": recipe.get("final_text_loss"), "probe": recipe.get("probe"),
             "probe_n": recipe.get("probe_n"), "pretrain_seconds": recipe.get("pretrain_s"), "losses": losses}
     io.write_json(tmp / "build_info.json", info)
-    write_manifest(tmp, **facts)
-    manifest = io.read_json(tmp / "MANIFEST.json")
-    manifest.update(recipe=READING_SCRIPT, config=READING_RECIPE, seed=READING_RECIPE["seed"],
-                    probe=info["probe"], text_loss_last=info["text_loss_last"])
-    io.write_json(tmp / "MANIFEST.json", manifest)
+    write_manifest(tmp, recipe=READING_SCRIPT, seed=READING_RECIPE["seed"], probe=info["probe"],
+                   text_loss_last=info["text_loss_last"], **facts)
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(tmp, dest)

@@ -133,7 +133,8 @@ def answer_targets(records: list[dict], target: str = "reference") -> list[dict]
         return list(records)
     if target != "context":
         raise ValueError(f"Unknown answer_target '{target}': reference or context")
-    return [{**r, "answer": r["context"], "reference_answer": r["answer"], "answer_target": "context"}
+    return [{**r, "answer": r["context"], "reference_answer": r.get("reference_answer", r["answer"]),
+             "answer_target": "context"}
             if r.get("source") in ("gold", "generated") and r.get("type") != "unanswerable" and r.get("context")
             else r
             for r in records]

@@ -376,6 +376,7 @@ def test_context_target_quotes_the_context_for_answerable_gold_records_only():
     out = training.answer_targets(recs, "context")
     assert [r["answer"] for r in out] == ["Kontext A.", prompts.REFUSAL, "Kontext C.", "Eigene."]
     assert out[0]["reference_answer"] == "Ref." and "reference_answer" not in out[1]
+    assert training.answer_targets(out, "context") == out          # applying it again changes nothing
     assert training.answer_targets(recs, "reference") == recs
     with pytest.raises(ValueError, match="reference or context"):
         training.answer_targets(recs, "summary")
