@@ -72,6 +72,7 @@ def make_llm(profile: Profile, model: str | None = None, enable_lora: bool = Fal
     from vllm import LLM
 
     kwargs = engine_kwargs(profile, model, enable_lora, **overrides)
+    kwargs.setdefault("use_tqdm_on_load", False)    # no checkpoint-shard bar in the notebook (logs.route)
     gpumem.check_weights_fit(profile, kwargs["model"], engine_kwargs=kwargs)
     t0 = time.time()
     with gpumem.advise(lambda: gpumem.inference_advice(profile, kwargs)):

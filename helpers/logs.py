@@ -10,6 +10,8 @@ by every notebook's first cell through ``course.start_notebook`` -- sends all of
 * ``warnings.warn``: captured into the same file (``logging.captureWarnings``).
 * C-level writes to file descriptor 2 (oneDNN, tcmalloc, torch's C++ warnings): fd 2 points at the log file;
   Python's ``sys.stderr`` in a notebook is the kernel's own stream, so deliberate messages still show.
+* Library progress bars (transformers' "Loading weights", vLLM's checkpoint-shard bar) are switched off; the
+  course's own bars (generation, training steps) stay.
 * Progress bars: in a papermill run (no live frontend) ``tqdm.auto`` is switched to text bars, which a saved
   notebook shows in their final state instead of a frozen "0%" widget.
 
@@ -63,6 +65,7 @@ def route(work_dir: str | Path, name: str, fd_level: bool = True) -> Path:
     os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"    # MLflow: likewise (records reach the root logger)
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")   # its own console handler: errors only
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"    # transformers' "Loading weights" bar (read at import)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -101,6 +104,7 @@ def _quiet_transformers() -> None:
 
         tlog.disable_default_handler()
         tlog.enable_propagation()
+        tlog.disable_progress_bar()       # already imported: the environment variable came too late
     except Exception:  # noqa: BLE001 - older/newer transformers: nothing to quiet
         pass
 

@@ -3,8 +3,8 @@
 Three checks per executed notebook (``runs/<ts>/notebooks/*.ipynb``):
 
 * **noise** -- lines of third-party logs in the cell outputs (vLLM/torch/transformers log records, Python
-  warnings). The course prints its own lines; engine logs belong in the run's log file. Text progress bars are
-  not noise: a saved notebook shows them in their final state.
+  warnings, the libraries' checkpoint-loading bars). The course prints its own lines; engine logs belong in the
+  run's log file. The course's own text progress bars are not noise: a saved notebook shows their final state.
 * **references** -- every notebook ("Notebook 08", "Post 10") and every repository path in backticks
   (``docs/…``, ``manifests/…``) that the text names must exist.
 * **numbers** -- every number in a markdown cell must be printed by an output above it, appear in a code cell
@@ -38,6 +38,7 @@ _NOISE = [
     re.compile(r"libtcmalloc|oneDNN|OMP: |huggingface/tokenizers|NUMA"),
     re.compile(r"^(INFO|WARNING):\w+(\.\w+)*:"),                                          # logging default format
     re.compile(r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} (INFO|WARNING|DEBUG|ERROR) "),        # MLflow's format
+    re.compile(r"^(Loading weights|Loading safetensors checkpoint shards|Loading checkpoint shards)\b"),   # library bars
 ]
 _NOTEBOOK_REF = re.compile(r"\b(?:Notebooks?|Posts?)\s+(\d{2}(?:\.\d)?)\b")
 _PATH_REF = re.compile(r"`((?:docs|manifests|helpers|data|notebooks|scripts|tests|assets|research)/[^`\s]*)`")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nbformat
 import pytest
 
@@ -85,6 +87,28 @@ def test_allow_list_sources_contain_their_numbers():
 def test_mlflow_log_lines_count_as_noise():
     assert nbaudit.noise_lines("2026/11/30 04:55:12 INFO mlflow.tracking: run started\nSchritt 10/60 · Loss 5.2")  \
         == ["2026/11/30 04:55:12 INFO mlflow.tracking: run started"]
+
+
+def test_library_loading_bars_count_as_noise_and_course_bars_do_not():
+    text = ("Loading weights: 100%|##########| 57/57 [00:00<00:00, 230.14it/s]\n"
+            "Loading safetensors checkpoint shards: 100% Completed | 1/1 [00:00<00:00,  1.96it/s]\n"
+            "Generierung 0/1: 100%|##########| 1/1 [00:25<00:00, 25.79s/Unit]")
+    assert [line.split(":")[0] for line in nbaudit.noise_lines(text)] \
+        == ["Loading weights", "Loading safetensors checkpoint shards"]
+
+
+def test_logs_route_switches_off_the_libraries_loading_bars(tmp_path, monkeypatch):
+    from helpers import logs
+    from transformers.utils import logging as tlog
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    tlog.enable_progress_bar()
+    try:
+        logs.route(tmp_path, "nb", fd_level=False)
+        assert not tlog.is_progress_bar_enabled()
+        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    finally:
+        tlog.enable_progress_bar()
 
 
 def test_course_audit_command_fails_on_an_unsupported_number(tmp_path, capsys):
