@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.course-env-stamp
 PROFILE ?= mini
 
-.PHONY: env course airgap test test-fast bench model clean-runs gpu-regression bench-gpu
+.PHONY: env course airgap test test-fast bench model clean-runs gpu-regression gpu-rehearsal bench-gpu
 
 # GPU targets run with the Python of a GPU environment (`pip install -e ".[gpu,dev]"`), not the CPU venv.
 GPU_PYTHON ?= python3
@@ -40,6 +40,11 @@ clean-runs:
 gpu-regression:
 	$(GPU_PYTHON) -m helpers course run --profile gpu-smoke
 	$(GPU_PYTHON) -m pytest tests/test_gpumem.py   # real out-of-memory failures (skipped without CUDA)
+
+# Dress rehearsal of the workshop profiles: 7B shape, random weights, inside the card's memory (docs/gpu-regression.md)
+gpu-rehearsal:
+	$(GPU_PYTHON) -m helpers rehearsal run --profile l4
+	$(GPU_PYTHON) -m helpers rehearsal run --profile t4
 
 bench-gpu:
 	$(GPU_PYTHON) -m helpers bench-gpu

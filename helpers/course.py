@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from . import io, logs, paths, sovereign
+from . import gpumem, io, logs, paths, sovereign
 from .profiles import Profile, load_profile
 from .errors import HelpersError
 
@@ -151,6 +151,11 @@ def _failure_message(exc: Exception, nb_id: str, out: Path) -> str:
             f"Fix the cause, then resume with: python -m helpers course run --from {nb_id}")
 
 
+def _peak_entry(peak: "gpumem.PeakMemory") -> dict:
+    """The notebook's peak GPU memory for course_state.json (nothing on a machine without NVML)."""
+    return {} if peak.peak_bytes is None else {"gpu_peak_gb": round(peak.peak_bytes / 1e9, 2)}
+
+
 def run_course(profile: str = "mini", only: list[str] | None = None, start: str | None = None,
                run_dir: str | Path | None = None, parameters: dict | None = None,
                progress: bool = True, check: bool = True, notebook_dir: Path | None = None) -> Path:
@@ -179,12 +184,16 @@ def run_course(profile: str = "mini", only: list[str] | None = None, start: str 
             out = run_dir / "notebooks" / book.name
             out.parent.mkdir(parents=True, exist_ok=True)
             params = {"profile": profile, "run_dir": str(run_dir), **(parameters or {})}
+            os.environ["COURSE_NOTEBOOK"] = nb_id      # engine starts are recorded per notebook (gpumem)
             t0 = time.time()
+            peak = gpumem.PeakMemory()
             try:
-                pm.execute_notebook(str(book), str(out), parameters=params, cwd=str(book.parent),
-                                    progress_bar=False, kernel_name="python3", log_output=False)
+                with peak:
+                    pm.execute_notebook(str(book), str(out), parameters=params, cwd=str(book.parent),
+                                        progress_bar=False, kernel_name="python3", log_output=False)
             except Exception as exc:  # papermill wraps cell errors; anything else is reported the same way
-                state["notebooks"][nb_id] = {"status": "failed", "seconds": round(time.time() - t0, 1)}
+                state["notebooks"][nb_id] = {"status": "failed", "seconds": round(time.time() - t0, 1),
+                                             **_peak_entry(peak)}
                 io.write_json(state_path, state)
                 raise CourseError(_failure_message(exc, nb_id, out)) from exc
             seconds = round(time.time() - t0, 1)
@@ -192,12 +201,13 @@ def run_course(profile: str = "mini", only: list[str] | None = None, start: str 
             metrics = io.read_json(mpath) if mpath.exists() else {}
             problems = check_metrics(nb_id, metrics, profile) if check else []
             state["notebooks"][nb_id] = {"status": "failed" if problems else "ok", "seconds": seconds,
-                                         "notebook": book.name}
+                                         "notebook": book.name, **_peak_entry(peak)}
             io.write_json(state_path, state)
             if problems:
                 raise CourseError(f"Notebook {nb_id} ran, but its metrics are out of tolerance:\n  "
                                   + "\n  ".join(problems) + f"\nMetrics: {mpath}")
     finally:
+        os.environ.pop("COURSE_NOTEBOOK", None)
         if env_before is None:
             os.environ.pop("COURSE_RUN_DIR", None)
         else:

@@ -152,3 +152,73 @@ def advise(advice: Callable[[], str]) -> Iterator[None]:
         if translated is exc:
             raise
         raise translated from exc
+
+
+# --------------------------------------------------------------------------- measurement (dress rehearsal)
+class PeakMemory:
+    """Peak used memory of this process's GPU 0 -- every process on it, as ``nvidia-smi`` counts -- sampled in a
+    thread.
+
+    ``with PeakMemory() as peak: ...`` then ``peak.peak_bytes`` (None without NVML or a GPU). A notebook's
+    engines run in their own processes, so ``torch.cuda.max_memory_allocated`` would miss them; NVML sees all.
+    """
+
+    def __init__(self, interval_s: float = 0.25):
+        self.interval_s = interval_s
+        self.peak_bytes: int | None = None
+        self._stop = None
+        self._thread = None
+
+    @staticmethod
+    def _index() -> int:
+        """NVML counts all GPUs; torch's GPU 0 is the first one CUDA_VISIBLE_DEVICES names."""
+        import os
+
+        first = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip()
+        return int(first) if first.isdigit() else 0
+
+    def _used(self) -> int | None:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(self._index())
+            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        except Exception:  # noqa: BLE001 - no NVML, no driver, no GPU: nothing to measure
+            return None
+
+    def __enter__(self) -> "PeakMemory":
+        import threading
+
+        if self._used() is None:
+            return self
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.is_set():
+                used = self._used()
+                if used is not None and (self.peak_bytes is None or used > self.peak_bytes):
+                    self.peak_bytes = used
+                self._stop.wait(self.interval_s)
+
+        self._thread = threading.Thread(target=sample, name="gpu-peak", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+
+
+def record_engine_start(kind: str, seconds: float | None, model: str = "") -> None:
+    """Append an engine or server start time to the course run's ``engine_starts.jsonl`` (runner sets the run)."""
+    import json
+    import os
+
+    run_dir = os.environ.get("COURSE_RUN_DIR")
+    if not run_dir or seconds is None:
+        return
+    line = {"notebook": os.environ.get("COURSE_NOTEBOOK", ""), "kind": kind, "seconds": seconds, "model": model}
+    with open(Path(run_dir) / "engine_starts.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(line) + "\n")

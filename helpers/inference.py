@@ -44,8 +44,10 @@ def engine_kwargs(profile: Profile, model: str | None = None, enable_lora: bool 
         "max_num_seqs": v.max_num_seqs,
         "seed": v.seed,
     }
-    if v.gpu_memory_utilization:
-        kwargs["gpu_memory_utilization"] = v.gpu_memory_utilization
+    share = profile.card_share() if profile.emulate_card else 1.0
+    if v.gpu_memory_utilization or share < 1.0:
+        # emulate_card (dress rehearsal): the profile's share of the emulated card, as a share of this GPU
+        kwargs["gpu_memory_utilization"] = round((v.gpu_memory_utilization or 0.9) * share, 4)
     if v.quantization:
         kwargs["quantization"] = v.quantization
     if v.tensor_parallel_size > 1:
@@ -78,6 +80,7 @@ def make_llm(profile: Profile, model: str | None = None, enable_lora: bool = Fal
     with gpumem.advise(lambda: gpumem.inference_advice(profile, kwargs)):
         llm = LLM(**kwargs)
     llm.startup_seconds = round(time.time() - t0, 1)
+    gpumem.record_engine_start("offline", llm.startup_seconds, str(kwargs["model"]))
     return llm
 
 

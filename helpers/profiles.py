@@ -22,6 +22,9 @@ from .errors import HelpersError
 
 PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 DEFAULT_PROFILE = "mini"
+# A second YAML file whose profiles are added to PROFILES_FILE's (a dress rehearsal writes one; a site may keep
+# its own variants there). Its names must not repeat the course's.
+EXTRA_PROFILES_ENV = "COURSE_PROFILES_EXTRA"
 
 
 class ProfileError(HelpersError, ValueError):
@@ -180,6 +183,9 @@ class Profile:
     judge_model: str | None = None      # the instruct model that grades answers (`judge`); None: generator_model
     generator_adapter: str | None = None  # a LoRA on generator_model: "writer" (assets/roles) or a folder; None: none
     judge_adapter: str | None = None      # a LoRA on judge_model: "judge" (assets/roles) or a folder; None: none
+    card_gb: float | None = None       # the card the profile is sized for (GB as sold: L4 24, T4 16, H100 80)
+    emulate_card: bool = False         # on a larger GPU, behave as if it had card_gb: vLLM's share scaled down,
+                                       # training capped (torch.cuda.set_per_process_memory_fraction)
 
     def instruct_view(self, role: str) -> "Profile":
         """This profile with the instruct model of ``role`` ("generator" or "judge") as its served model, so that
@@ -204,6 +210,8 @@ class Profile:
             object.__setattr__(self, "generator_model", self.model)
         if self.judge_model is None:
             object.__setattr__(self, "judge_model", self.generator_model)
+        if self.emulate_card and not self.card_gb:
+            raise ProfileError(f"Profile '{self.name}': emulate_card needs card_gb (the card to emulate, in GB).")
         if self.chat_template not in (None, "course-inst"):
             raise ProfileError(f"Profile '{self.name}': chat_template must be `course-inst` (the course's [INST] "
                                f"template for base models) or left out, not {self.chat_template!r}.")
@@ -235,6 +243,36 @@ class Profile:
                 f"(torch {torch.__version__}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). "
                 "Run with --profile mini on a CPU machine, or check the driver with `nvidia-smi`."
             )
+        self.check_card(torch.cuda.get_device_properties(0).total_memory)
+
+    def check_card(self, total_bytes: int) -> None:
+        """Refuse a GPU smaller than the card the profile is sized for (before any model is loaded)."""
+        if not self.card_gb or total_bytes >= self.card_gb * 1e9 * CARD_TOLERANCE:
+            return
+        fitting = [name for name, raw in _all_raw().items() if raw.get("device") == "cuda" and raw.get("card_gb")
+                   and raw["card_gb"] * 1e9 * CARD_TOLERANCE <= total_bytes]
+        raise ProfileError(
+            f"Profile '{self.name}' is sized for a {self.card_gb:g} GB card, but this GPU has "
+            f"{total_bytes / 1e9:.1f} GB. Use a profile for a smaller card"
+            + (f" ({', '.join(fitting)})" if fitting else " (t4 is the smallest; below 16 GB use gpu-smoke or mini)")
+            + f", or lower its `vllm.gpu_memory_utilization`, `vllm.max_model_len` and `train.batch_size` in "
+              f"{PROFILES_FILE.name} and remove `card_gb`.")
+
+    def card_share(self, total_bytes: int | None = None) -> float:
+        """With ``emulate_card``: the emulated card's share of this GPU (<= 1); otherwise 1.0."""
+        if not (self.emulate_card and self.card_gb and self.device == "cuda"):
+            return 1.0
+        if total_bytes is None:
+            import torch
+
+            if not torch.cuda.is_available():
+                return 1.0
+            total_bytes = torch.cuda.get_device_properties(0).total_memory
+        return min(1.0, self.card_gb * 1e9 / total_bytes)
+
+
+# A card reports a little less than its marketed size (an L4 "24 GB" shows 23,034 MiB = 24.2 GB; a T4 16.1 GB).
+CARD_TOLERANCE = 0.95
 
 
 # ---------------------------------------------------------------------------- loading
@@ -244,8 +282,30 @@ def _raw_profiles() -> dict[str, dict]:
         return yaml.safe_load(fh)
 
 
+@lru_cache(maxsize=4)
+def _extra_profiles(path: str) -> dict[str, dict]:
+    file = Path(path)
+    if not file.is_file():
+        raise ProfileError(f"{EXTRA_PROFILES_ENV}={path}: no such file. Unset the variable or write the file "
+                           "(`python -m helpers rehearsal prepare` writes one).")
+    data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: expected a mapping of profile names to profile blocks.")
+    clash = sorted(set(data) & set(_raw_profiles()))
+    if clash:
+        raise ProfileError(f"{path}: the profiles {', '.join(clash)} already exist in {PROFILES_FILE.name}; "
+                           "give the extra profiles other names.")
+    return data
+
+
+def _all_raw() -> dict[str, dict]:
+    """The course's profiles plus those of the file named by ``COURSE_PROFILES_EXTRA`` (if set)."""
+    extra = os.environ.get(EXTRA_PROFILES_ENV)
+    return {**_raw_profiles(), **(_extra_profiles(extra) if extra else {})}
+
+
 def profile_names() -> list[str]:
-    return list(_raw_profiles())
+    return list(_all_raw())
 
 
 def default_name() -> str:
@@ -288,7 +348,7 @@ def from_dict(name: str, data: dict) -> Profile:
 def load_profile(name: str | None = None) -> Profile:
     """Load a profile by name (default: ``COURSE_PROFILE`` or ``mini``). Call it once, at the edge."""
     name = name or default_name()
-    raw = _raw_profiles()
+    raw = _all_raw()
     if name not in raw:
         near = difflib.get_close_matches(name, list(raw), n=1)
         raise ProfileError(f"Unknown profile '{name}'" + (f" (did you mean '{near[0]}'?)" if near else "")

@@ -133,6 +133,7 @@ class LoopbackServer:
         if wait:
             self.wait_healthy(timeout or self.default_timeout())
             self.startup_seconds = round(time.time() - t0, 1)
+            gpumem.record_engine_start(self.name, self.startup_seconds)
         return self
 
     def wait_healthy(self, timeout: float = 300) -> None:

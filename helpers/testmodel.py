@@ -42,6 +42,27 @@ MISTRAL_7B_V01 = {
 TINY = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2,
         "num_key_value_heads": 1, "head_dim": 64, "max_position_embeddings": 4096, "sliding_window": None}
 SHAPES = {"tiny": TINY, "7b": {}}
+# Public facts of Mistral-7B-Instruct-v0.2's config.json where it differs from v0.1 (same shape and vocabulary).
+INSTRUCT_V02 = {"rope_theta": 1000000.0, "sliding_window": None}
+# Public facts of Llama-3.1-8B(-Instruct)'s config.json (the judge of the GPU profiles).
+LLAMA31_8B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
+    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 131072, "rms_norm_eps": 1e-05,
+    "rope_theta": 500000.0, "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,
+    "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192},
+}
+# A template in the style of Mistral's instruct templates: alternating turns, the system role refused.
+STRICT_INST_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+    "{% elif m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+# AWQ as vLLM reads it (quant_method awq, GEMM layout): 4-bit weights packed 8 per int32, zeros and scales per
+# group of 128 input channels.
+AWQ_CONFIG = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}
 
 TOKENIZER_CONFIG = {
     "tokenizer_class": "LlamaTokenizer",
@@ -104,4 +125,126 @@ def build(out_dir: str | Path, shape: str = "tiny", dtype: str = "bfloat16", see
     (out / "testmodel.json").write_text(json.dumps(
         {"shape": shape, "dtype": dtype, "seed": seed, "tokenizer": "mistral_common data/tokenizer.model.v1",
          "weights": "random"}, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def build_config(out_dir: str | Path, config: dict, dtype: str = "bfloat16", seed: int = 0, device: str = "cpu",
+                 chat_template: str | None = None) -> Path:
+    """Random weights for any config dict whose ``model_type`` transformers knows (e.g. ``LLAMA31_8B``), with
+    Mistral-7B-v0.1's tokenizer (and ``chat_template`` if given)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = write_tokenizer(out_dir)
+    values = {k: v for k, v in config.items() if k not in ("architectures", "model_type")}
+    cfg = AutoConfig.for_model(config["model_type"], **values)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg).to(getattr(torch, dtype))
+    model.save_pretrained(out, safe_serialization=True)
+    if chat_template:
+        path = out / "tokenizer_config.json"
+        tok = json.loads(path.read_text(encoding="utf-8"))
+        tok["chat_template"] = chat_template
+        path.write_text(json.dumps(tok, indent=2) + "\n", encoding="utf-8")
+    (out / "testmodel.json").write_text(json.dumps(
+        {"shape": config["model_type"], "dtype": dtype, "seed": seed,
+         "tokenizer": "mistral_common data/tokenizer.model.v1", "weights": "random"}, indent=2) + "\n",
+        encoding="utf-8")
+    return out
+
+
+def write_variant(base_dir: str | Path, out_dir: str | Path, config_updates: dict | None = None,
+                  chat_template: str | None = None) -> Path:
+    """A second model folder sharing ``base_dir``'s weight files (hard links, no copy) with another config or
+    chat template -- e.g. an instruct model of the same shape for a dress rehearsal with random weights."""
+    import os
+
+    base, out = Path(base_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in base.iterdir():
+        target = out / f.name
+        if target.exists() or f.name in ("config.json", "tokenizer_config.json"):
+            continue
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copyfile(f, target)
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    config.update(config_updates or {})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    tok = json.loads((base / "tokenizer_config.json").read_text(encoding="utf-8"))
+    if chat_template:
+        tok["chat_template"] = chat_template
+    (out / "tokenizer_config.json").write_text(json.dumps(tok, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def build_awq(out_dir: str | Path, config: dict, seed: int = 0, device: str = "cuda",
+              chat_template: str | None = None) -> Path:
+    """A random-weight checkpoint in AWQ's 4-bit GEMM layout with the given (Llama/Mistral) config.
+
+    Written tensor by tensor, without building the model: packed ``qweight``/``qzeros`` (int32) and ``scales``
+    (float16) for every linear layer of the decoder, float16 embeddings, head and norms. Small scales keep the
+    activations finite. The tokenizer is Mistral-7B-v0.1's (``write_tokenizer``), with ``chat_template`` if given.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    out = write_tokenizer(out_dir)
+    if chat_template:
+        path = out / "tokenizer_config.json"
+        tok = json.loads(path.read_text(encoding="utf-8"))
+        tok["chat_template"] = chat_template
+        path.write_text(json.dumps(tok, indent=2) + "\n", encoding="utf-8")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    h, inter, kv = config["hidden_size"], config["intermediate_size"], config["num_key_value_heads"]
+    head_dim = config.get("head_dim") or h // config["num_attention_heads"]
+    group = AWQ_CONFIG["group_size"]
+    shapes = {"self_attn.q_proj": (h, config["num_attention_heads"] * head_dim), "self_attn.k_proj": (h, kv * head_dim),
+              "self_attn.v_proj": (h, kv * head_dim), "self_attn.o_proj": (config["num_attention_heads"] * head_dim, h),
+              "mlp.gate_proj": (h, inter), "mlp.up_proj": (h, inter), "mlp.down_proj": (inter, h)}
+
+    def packed(rows: int, cols: int):
+        return torch.randint(-2**31, 2**31 - 1, (rows, cols // 8), generator=gen, device=device,
+                             dtype=torch.int32).cpu()
+
+    def normal(*shape):
+        return (torch.randn(*shape, generator=gen, device=device, dtype=torch.float16) * 0.02).cpu()
+
+    shard, index, n = {}, {}, 0
+
+    def flush():
+        nonlocal shard, n
+        if shard:
+            name = f"model-{n:05d}.safetensors"
+            save_file(shard, str(out / name), metadata={"format": "pt"})
+            index.update({k: name for k in shard})
+            shard, n = {}, n + 1
+
+    vocab = config["vocab_size"]
+    shard["model.embed_tokens.weight"] = normal(vocab, h)
+    shard["lm_head.weight"] = normal(vocab, h)
+    shard["model.norm.weight"] = torch.ones(h, dtype=torch.float16)
+    flush()
+    for layer in range(config["num_hidden_layers"]):
+        prefix = f"model.layers.{layer}"
+        shard[f"{prefix}.input_layernorm.weight"] = torch.ones(h, dtype=torch.float16)
+        shard[f"{prefix}.post_attention_layernorm.weight"] = torch.ones(h, dtype=torch.float16)
+        for name, (k_in, n_out) in shapes.items():
+            shard[f"{prefix}.{name}.qweight"] = packed(k_in, n_out)
+            shard[f"{prefix}.{name}.qzeros"] = packed(k_in // group, n_out)
+            shard[f"{prefix}.{name}.scales"] = (torch.rand(k_in // group, n_out, generator=gen, device=device,
+                                                           dtype=torch.float16) * 0.002 + 0.001).cpu()
+        if layer % 8 == 7:
+            flush()
+    flush()
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}, indent=1),
+                                                     encoding="utf-8")
+    cfg = {**config, "torch_dtype": "float16", "quantization_config": dict(AWQ_CONFIG)}
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    (out / "testmodel.json").write_text(json.dumps(
+        {"shape": config.get("model_type"), "quantization": "awq (random packed weights)", "seed": seed,
+         "tokenizer": "mistral_common data/tokenizer.model.v1", "weights": "random"}, indent=2) + "\n",
+        encoding="utf-8")
     return out

@@ -155,6 +155,8 @@ def load_model(profile: Profile, model_dir: str):
 
     dtype = torch_dtype(profile)
     device_map = {"": 0} if profile.device == "cuda" else {"": "cpu"}
+    if profile.emulate_card and torch.cuda.is_available():   # dress rehearsal: this process sees only the card
+        torch.cuda.set_per_process_memory_fraction(profile.card_share(), 0)
     kwargs: dict[str, Any] = {"dtype": dtype, "device_map": device_map}
     quantize = profile.train.quantize_4bit
     if quantize:

