@@ -158,10 +158,16 @@ def check_shapes(adapter_dir: str | Path, model_dir: str | Path) -> dict:
             continue
         module = key.split(".lora_")[0].removeprefix("base_model.model.")
         base_key = f"{module}.weight"
-        if base_key not in base:
+        if base_key not in base and f"{module}.qweight" in base:
+            # AWQ export of the base: qweight is [in, out / 8] int32 (8 packed 4-bit values per int32)
+            base_key = f"{module}.qweight"
+            in_f, packed = base[base_key][:2]
+            out_f = packed * 8
+        elif base_key not in base:
             problems.append(f"module {module} does not exist in the base model")
             continue
-        out_f, in_f = base[base_key][:2]
+        else:
+            out_f, in_f = base[base_key][:2]
         expected_in = ".lora_A." in key and shape[1] != in_f
         expected_out = ".lora_B." in key and shape[0] != out_f
         if expected_in or expected_out:

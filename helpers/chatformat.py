@@ -64,7 +64,7 @@ def accepts_system(tokenizer) -> bool:
     try:
         text = tokenizer.apply_chat_template(
             [{"role": "system", "content": _PROBE}, {"role": "user", "content": "Frage"}],
-            tokenize=False, add_generation_prompt=True)
+            tokenize=False, add_generation_prompt=True, chat_template=template_of(tokenizer))
     except Exception:  # noqa: BLE001 - jinja2's TemplateError and the templates' own raise_exception
         return False
     return _PROBE in text
@@ -123,7 +123,20 @@ def template_file(directory: str | Path) -> Path:
     return path
 
 
+def template_of(tokenizer) -> str | None:
+    """The template to render with, passed explicitly: vLLM (0.26 on CUDA) hands out a tokenizer wrapper that
+    renders with pooled copies, so a template set on the wrapper by :func:`ensure_template` never reaches them.
+    Without a template of its own, a tokenizer with BOS and EOS renders with the course's (as ensure_template)."""
+    own = getattr(tokenizer, "chat_template", None)
+    if own:
+        return own
+    if getattr(tokenizer, "bos_token", None) is not None and getattr(tokenizer, "eos_token", None) is not None:
+        return INST_TEMPLATE
+    return None
+
+
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
     """Render a conversation as training, vLLM offline and ``vllm serve`` see it."""
     return tokenizer.apply_chat_template(prepare(tokenizer, messages), tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+                                         add_generation_prompt=add_generation_prompt,
+                                         chat_template=template_of(tokenizer))

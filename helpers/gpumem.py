@@ -155,6 +155,48 @@ def advise(advice: Callable[[], str]) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- measurement (dress rehearsal)
+def gpu_used_bytes() -> int | None:
+    """Used memory of this process's GPU 0 as ``nvidia-smi`` counts it (all processes); None without NVML.
+
+    NVML numbers all GPUs; torch's GPU 0 is the first one ``CUDA_VISIBLE_DEVICES`` names.
+    """
+    import os
+
+    first = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip()
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(int(first) if first.isdigit() else 0)
+        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+    except Exception:  # noqa: BLE001 - no NVML, no driver, no GPU: nothing to measure
+        return None
+
+
+def check_emulated_card(profile: Profile, requested_share: float | None, used_bytes: int | None = None,
+                        total_bytes: int | None = None) -> None:
+    """With ``emulate_card``: refuse an engine start that the real card would refuse.
+
+    On a real card vLLM needs ``gpu_memory_utilization`` x card free at start; on a larger GPU that check
+    passes even when a second engine would not fit the card. This applies it to the emulated card: memory
+    in use (every process) plus what the new engine asks for must fit ``card_gb``.
+    """
+    if not profile.emulate_card or not profile.card_gb:
+        return
+    used = used_bytes if used_bytes is not None else gpu_used_bytes()
+    total = total_bytes if total_bytes is not None else gpu_memory_bytes()
+    if used is None or not total:
+        return
+    requested = (requested_share or 0.9) * total
+    card = profile.card_gb * 1e9
+    if used + requested > card:
+        raise GPUMemoryError(
+            f"On the emulated {profile.card_gb:g} GB card of profile '{profile.name}', {used / 1e9:.1f} GB are "
+            f"already in use and this engine asks for {requested / 1e9:.1f} GB: the real card would refuse the "
+            "start (vLLM: free memory on device less than desired). Stop the engine or server that still holds "
+            "memory first (`inference.shutdown(llm)`, `server.stop()`), or lower `vllm.gpu_memory_utilization`.")
+
+
 class PeakMemory:
     """Peak used memory of this process's GPU 0 -- every process on it, as ``nvidia-smi`` counts -- sampled in a
     thread.
@@ -169,23 +211,8 @@ class PeakMemory:
         self._stop = None
         self._thread = None
 
-    @staticmethod
-    def _index() -> int:
-        """NVML counts all GPUs; torch's GPU 0 is the first one CUDA_VISIBLE_DEVICES names."""
-        import os
-
-        first = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip()
-        return int(first) if first.isdigit() else 0
-
     def _used(self) -> int | None:
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(self._index())
-            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-        except Exception:  # noqa: BLE001 - no NVML, no driver, no GPU: nothing to measure
-            return None
+        return gpu_used_bytes()
 
     def __enter__(self) -> "PeakMemory":
         import threading

@@ -76,6 +76,7 @@ def make_llm(profile: Profile, model: str | None = None, enable_lora: bool = Fal
     kwargs = engine_kwargs(profile, model, enable_lora, **overrides)
     kwargs.setdefault("use_tqdm_on_load", False)    # no checkpoint-shard bar in the notebook (logs.route)
     gpumem.check_weights_fit(profile, kwargs["model"], engine_kwargs=kwargs)
+    gpumem.check_emulated_card(profile, kwargs.get("gpu_memory_utilization"))
     t0 = time.time()
     with gpumem.advise(lambda: gpumem.inference_advice(profile, kwargs)):
         llm = LLM(**kwargs)
@@ -177,9 +178,23 @@ def shutdown(llm) -> None:
         llm.llm_engine = None
     del engine
     try:
+        # compiled graphs (torch.compile, CUDA graphs: the GPU profiles) keep references to the weights
+        import torch._dynamo
+
+        torch._dynamo.reset()
+    except Exception:  # noqa: BLE001 - best effort during teardown
+        pass
+    try:
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
         cleanup_dist_env_and_memory()
     except Exception:  # noqa: BLE001 - older/newer vLLM without it: plain GC below still runs
         pass
     gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001
+        pass

@@ -234,6 +234,8 @@ class VLLMServer(LoopbackServer):
 
     def environment(self) -> dict[str, str]:
         self.profile.require_device()
+        share = inference.engine_kwargs(self.profile, model="-").get("gpu_memory_utilization")
+        gpumem.check_emulated_card(self.profile, share)   # dress rehearsal: would the real card take it?
         env = super().environment()
         env.update(inference.cpu_environment(self.profile))
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)

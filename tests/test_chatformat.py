@@ -111,3 +111,23 @@ def test_config_is_mistral_7b_v01_and_tiny_keeps_vocab():
     assert tiny["vocab_size"] == 32000 and tiny["head_dim"] == 64
     with pytest.raises(testmodel.MistralShapeError):
         testmodel.config_dict("13b")
+
+
+class _PooledTokenizer:
+    """The shape of vLLM 0.26's CUDA tokenizer: attributes set on it stay on the wrapper, rendering runs on a
+    separate copy (found in the GPU dress rehearsal: the course's template never reached the copy)."""
+
+    def __init__(self, tok):
+        self._copy = _fresh(tok)
+        self.bos_token, self.eos_token, self.chat_template = tok.bos_token, tok.eos_token, None
+
+    def apply_chat_template(self, *args, **kwargs):
+        return self._copy.apply_chat_template(*args, **kwargs)
+
+
+def test_render_passes_the_template_explicitly_so_a_pooled_tokenizer_uses_it(mistral_tok):
+    wrapper = _PooledTokenizer(mistral_tok)
+    chatformat.ensure_template(wrapper, "Mistral-7B-v0.1")
+    prompt = chatformat.render(wrapper, prompts.qa_messages("Wie schnell?", "Kontext."))
+    assert prompt.startswith("<s>[INST] " + prompts.SYSTEM_PROMPT) and prompt.count("[INST]") == 1
+    assert chatformat.accepts_system(wrapper) is True     # the course template keeps the system text

@@ -111,3 +111,33 @@ def test_peak_memory_without_a_gpu_reports_nothing():
     with gpumem.PeakMemory(interval_s=0.01) as peak:
         pass
     assert peak.peak_bytes is None
+
+
+def test_emulated_card_refuses_a_second_engine_the_real_card_could_not_hold(extra):
+    reh = load_profile("t4-rehearsal")
+    share = 0.90 * 16e9 / H200
+    gpumem.check_emulated_card(reh, share, used_bytes=int(0.6e9), total_bytes=H200)   # kernel context only: fits
+    with pytest.raises(gpumem.GPUMemoryError) as err:     # a first engine (14.4 GB) still holds its memory
+        gpumem.check_emulated_card(reh, share, used_bytes=int(15.0e9), total_bytes=H200)
+    assert "inference.shutdown" in str(err.value) and "16 GB" in str(err.value)
+    gpumem.check_emulated_card(load_profile("t4"), 0.9, used_bytes=int(15.0e9), total_bytes=H200)  # real card: vLLM
+
+
+def test_adapter_check_reads_an_awq_base(tmp_path):
+    """t4 serves adapters on the AWQ export of their base: the check reads the packed qweight shapes."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from helpers import adapters, testmodel
+
+    base = testmodel.build(tmp_path / "base", shape="tiny")
+    awq = testmodel.build_awq(tmp_path / "awq", {**testmodel.MISTRAL_7B_V01, **testmodel.TINY}, device="cpu")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                           LoraConfig(r=4, target_modules="all-linear"))
+    model.save_pretrained(tmp_path / "adapter")
+    adapters.check_shapes(tmp_path / "adapter", awq)            # same shapes: accepted
+    wide = testmodel.build_awq(tmp_path / "wide", {**testmodel.MISTRAL_7B_V01, **testmodel.TINY,
+                                                   "intermediate_size": 384}, device="cpu")
+    with pytest.raises(adapters.AdapterError, match="does not fit"):
+        adapters.check_shapes(tmp_path / "adapter", wide)
