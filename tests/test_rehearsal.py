@@ -43,7 +43,7 @@ def test_card_emulation_scales_vllm_share_to_the_card(extra, monkeypatch):
     assert load_profile("t4").card_share(H200) == 1.0   # the workshop profile itself takes its card as it is
     monkeypatch.setattr(profiles.Profile, "card_share", lambda self, total=None: 16e9 / H200)
     kw = inference.engine_kwargs(reh, model="-")
-    assert kw["gpu_memory_utilization"] == pytest.approx(0.90 * 16e9 / H200, abs=1e-4)
+    assert kw["gpu_memory_utilization"] == pytest.approx(reh.vllm.gpu_memory_utilization * 16e9 / H200, abs=1e-4)
 
 
 def test_a_card_too_small_for_the_profile_is_refused_with_the_profile_that_fits():
