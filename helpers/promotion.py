@@ -11,9 +11,13 @@ the router's weights move together, and rollback puts both back exactly.
 * Both are idempotent: promoting the current champion at 100 % changes nothing (and keeps the first
   snapshot); rolling back without a pending promotion changes nothing.
 
+* ``retire``: after a grace period (requests already sent to the losing arm finish; the router assigns it no
+  new ones), the adapters of the arms at weight 0 are unloaded from vLLM (``/v1/unload_lora_adapter``; the
+  server runs with runtime adapter loading, on loopback only). The snapshot records name and path of each, and
+  ``rollback`` loads them again *before* it restores the weights, so no request reaches a missing adapter.
+
 An alias move alone does not change routing, and a weight change alone leaves the registry wrong; doing one
-without the other is the failure this module exists to prevent. Unloading the old adapter from vLLM after a
-grace period (``/v1/unload_lora_adapter``, runtime updating on loopback only) is left to the operator.
+without the other is the failure this module exists to prevent.
 """
 
 from __future__ import annotations
@@ -116,12 +120,47 @@ def promote(tracking_uri: str, model_name: str, version: str, config_path: str |
     return {"changed": True, "champion": str(version), "previous_champion": current, "weights": target}
 
 
+def retire(config_path: str | Path, grace_s: float = 30.0) -> dict:
+    """Unload the adapters of the arms the pending promotion set to weight 0, once ``grace_s`` seconds have
+    passed since it; idempotent. Returns {"unloaded": {adapter: path}, "waited_s": ...}."""
+    from . import serve
+
+    snap = snapshot_path(config_path)
+    if not snap.exists():
+        raise PromotionError(f"No pending promotion for {config_path}: retire follows `promote` (nothing to unload).")
+    data = io.read_json(snap)
+    cfg = router.load_config(config_path)
+    base_url = f"{cfg.upstream.rstrip('/')}/v1"
+    losers = {a.adapter for a in cfg.arms if a.weight == 0} - {a.adapter for a in cfg.arms if a.weight > 0}
+    waited = max(0.0, data["at"] + grace_s - time.time())
+    if waited:
+        time.sleep(waited)
+    served = serve.served_adapters(base_url)
+    unloaded = dict(data.get("unloaded", {}))
+    for adapter in sorted(losers):
+        if adapter in served:
+            unloaded[adapter] = served[adapter]
+            data["unloaded"] = unloaded
+            io.write_json(snap, data)          # recorded before the call: a rollback reloads it either way
+            serve.lora_admin(base_url, "unload", adapter)
+    return {"unloaded": unloaded, "waited_s": round(waited, 2), "served": sorted(serve.served_adapters(base_url))}
+
+
 def rollback(tracking_uri: str, config_path: str | Path) -> dict:
-    """Undo the pending promotion exactly (alias, tags, config bytes); a no-op when none is pending."""
+    """Undo the pending promotion exactly (adapters reloaded, alias, tags, config bytes); a no-op when none is
+    pending."""
     snap = snapshot_path(config_path)
     if not snap.exists():
         return {"changed": False}
     data = io.read_json(snap)
+    if data.get("unloaded"):                  # serve the retired adapters again before traffic returns to them
+        from . import serve
+
+        base_url = f"{router.load_config(config_path).upstream.rstrip('/')}/v1"
+        served = serve.served_adapters(base_url)
+        for adapter, path in data["unloaded"].items():
+            if adapter not in served:
+                serve.lora_admin(base_url, "load", adapter, path)
     client = _client(tracking_uri)
     name, version = data["model"], data["version"]
     for key, old in data["previous_tags"].items():
@@ -135,4 +174,4 @@ def rollback(tracking_uri: str, config_path: str | Path) -> dict:
         client.set_registered_model_alias(name, CHAMPION, data["previous_champion"])
     io.write_text(config_path, base64.b64decode(data["config_b64"]).decode("utf-8"))
     snap.unlink()
-    return {"changed": True, "champion": data["previous_champion"]}
+    return {"changed": True, "champion": data["previous_champion"], "reloaded": sorted(data.get("unloaded", {}))}

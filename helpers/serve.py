@@ -29,6 +29,9 @@ from .errors import HelpersError
 _RUNNING: list["LoopbackServer"] = []
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 class ServerError(HelpersError, RuntimeError):
     pass
 
@@ -201,8 +204,9 @@ class VLLMServer(LoopbackServer):
     def __init__(self, profile: Profile, port: int | None = None,
                  adapters: dict[str, str] | None = None, host: str = "127.0.0.1",
                  served_model_name: str | None = None, log_path: str | Path | None = None,
-                 extra_args: list[str] | None = None):
+                 extra_args: list[str] | None = None, runtime_lora_updates: bool = False):
         self.profile = profile
+        self.runtime_lora_updates = runtime_lora_updates   # /v1/(un)load_lora_adapter: loopback only
         super().__init__(host, port, log_path)
         self.adapters = dict(adapters or {})
         self.served_model_name = served_model_name or (
@@ -239,7 +243,13 @@ class VLLMServer(LoopbackServer):
         env = super().environment()
         env.update(inference.cpu_environment(self.profile))
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        if self.runtime_lora_updates:
+            if self.host not in LOOPBACK_HOSTS:
+                raise ServerError(f"Runtime adapter loading opens vLLM's /v1/load_lora_adapter and "
+                                  f"/v1/unload_lora_adapter; the course allows it on loopback only, not on {self.host}.")
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         return env
+
 
     def default_timeout(self) -> float:
         return self.profile.server.startup_timeout_s
@@ -345,3 +355,27 @@ def cmd_serve(args) -> int:
     finally:
         server.stop()
     return 0
+
+
+# --------------------------------------------------------------------------- runtime adapter loading (loopback)
+def served_adapters(base_url: str) -> dict[str, str]:
+    """The LoRA adapters a running vLLM lists under ``base_url`` (``.../v1``): {name: path}."""
+    import httpx
+
+    data = httpx.get(f"{base_url.rstrip('/')}/models", timeout=30).json().get("data", [])
+    return {m["id"]: m.get("root", "") for m in data if m.get("parent")}
+
+
+def lora_admin(base_url: str, action: str, name: str, path: str | Path | None = None) -> None:
+    """``load`` or ``unload`` an adapter on a running vLLM (started with ``runtime_lora_updates=True``)."""
+    import httpx
+
+    if action not in ("load", "unload"):
+        raise ValueError(f"action must be load or unload, not {action!r}")
+    body = {"lora_name": name, **({"lora_path": str(path)} if path else {})}
+    resp = httpx.post(f"{base_url.rstrip('/')}/{action}_lora_adapter", json=body, timeout=120)
+    if resp.status_code != 200:
+        hint = (" The server must run with runtime adapter loading (VLLMServer(..., runtime_lora_updates=True), "
+                "VLLM_ALLOW_RUNTIME_LORA_UPDATING), on loopback only.") if resp.status_code == 404 else ""
+        raise ServerError(f"vLLM refused to {action} adapter {name!r}: HTTP {resp.status_code} "
+                          f"{resp.text[:300]}{hint}")
