@@ -183,3 +183,25 @@ def test_a_missing_adapter_is_refused_at_start_and_a_crashed_arm_errors_then_tri
         exposed = {line.split("{")[0].split(" ")[0] for line in metrics.splitlines() if not line.startswith("#")}
         assert abmanifests.dashboard_metric_names() - exposed == set()
         assert all(x["response_model"] in (None, x["adapter"]) for x in log if "event" not in x)
+
+
+def test_a_p95_latency_breach_trips_the_arm_and_with_no_arm_left_the_router_refuses_clearly(lora_server, tmp_path):
+    """Real latencies through the real vLLM, a limit no CPU request can meet: each arm trips on p95 once it has
+    min_requests answers; then no arm has weight and the router says so instead of picking one."""
+    cfg = _cfg(lora_server.url, experiment="t-p95",
+               guardrails=router.Guardrails(max_p95_latency_s=0.0001, window=10, min_requests=3))
+    cfg_path = router.write_config(cfg, tmp_path / "ab.yaml")
+    with router.RouterServer(cfg_path) as r:
+        results = [_ask(r, f"p95-user-{i}") for i in range(16)]
+        log = router.read_log(tmp_path / "assignments.jsonl")
+        trips = [x for x in log if x.get("event") == "guardrail"]
+        assert sorted(x["arm"] for x in trips) == ["v1", "v2"]
+        assert all("p95 latency" in x["reason"] for x in trips)
+        served = [x for x in log if "event" not in x and x.get("status") == "ok"]
+        assert Counter(x["arm"] for x in served) == {"v1": 3, "v2": 3}     # each arm tripped at min_requests
+        refused = [resp for resp in results if resp.status_code == 503]
+        assert refused and len(refused) == len(results) - 6
+        assert all("No arm" in resp.json()["error"]["message"] for resp in refused)
+        metrics = httpx.get(f"{r.url}/metrics").text
+        assert _metric(metrics, "ab_router_guardrail_trips_total", arm="v1", reason="latency") == 1
+        assert r.state()["effective_weights"] == {"v1": 0, "v2": 0}
