@@ -67,6 +67,12 @@ def build_models(profile: Profile, out_dir: str | Path, device: str = "cuda", ti
     """
     from . import chatformat, testmodel
 
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RehearsalError("A dress rehearsal builds 7B-shaped models on a CUDA GPU and runs the notebooks "
+                                 "there; this machine has none. Run it on a GPU machine (`make gpu-rehearsal`).")
     small = {**testmodel.TINY, "hidden_size": 256, "intermediate_size": 512} if tiny else {}
 
     out = Path(out_dir)

@@ -141,3 +141,13 @@ def test_adapter_check_reads_an_awq_base(tmp_path):
                                                    "intermediate_size": 384}, device="cpu")
     with pytest.raises(adapters.AdapterError, match="does not fit"):
         adapters.check_shapes(tmp_path / "adapter", wide)
+
+
+def test_a_rehearsal_without_a_gpu_says_where_to_run_it(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(rehearsal.RehearsalError, match="CUDA GPU"):
+        rehearsal.build_models(load_profile("l4"), tmp_path)
+    assert not any(tmp_path.iterdir())       # nothing half-built
