@@ -25,6 +25,7 @@ by integer weights, rewrites ``model`` to the arm's adapter name and forwards th
   above 0, duplicate arm or adapter names.
 """
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -328,6 +329,7 @@ class RouterState:
         self.counts: dict[str, int] = {}
         self.metrics = _Metrics()
         self._lock = threading.Lock()
+        self._fh = None
         self._set_weight_gauges()
 
     def maybe_reload(self) -> None:
@@ -363,11 +365,20 @@ class RouterState:
                     "config_version": self.cfg.config_version, **record})
 
     def write(self, record: dict) -> None:
+        """Append one line to the assignment log (kept open; flushed per line, so a reader sees every record)."""
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
-            self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.log_file, "a", encoding="utf-8") as fh:
-                fh.write(line)
+            if self._fh is None or self._fh.name != str(self.log_file):
+                self.close()
+                self.log_file.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = open(self.log_file, "a", encoding="utf-8")
+            self._fh.write(line)
+            self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
     def observe(self, arm: str, ok: bool, latency: float) -> None:
         g = self.cfg.guardrails
@@ -397,32 +408,34 @@ def _error(status: int, message: str, kind: str = "ab_router_error", headers: di
                         headers=headers)
 
 
-def create_app(config_path: str | Path, transport=None):
-    """The FastAPI app for ``config_path`` (``transport``: an httpx transport, for tests of failures only)."""
-    import httpx
+def create_app(config_path: str | Path):
+    """The FastAPI app for ``config_path``. Upstream calls go through one pooled aiohttp session per upstream:
+    the router's own CPU time per request is what it takes from vLLM on a CPU host (`make bench router`)."""
+    import aiohttp
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     state = RouterState(config_path)
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    clients: dict[str, httpx.AsyncClient] = {}
+    sessions: dict[str, aiohttp.ClientSession] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
-        for c in clients.values():
-            await c.aclose()
+        for sess in sessions.values():
+            await sess.close()
+        state.close()
 
     app = FastAPI(title="A/B router", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.ab = state
 
-    def client() -> httpx.AsyncClient:
+    def session() -> aiohttp.ClientSession:
         up = state.cfg.upstream
-        if up not in clients:
-            clients[up] = httpx.AsyncClient(base_url=up, timeout=httpx.Timeout(600, connect=10), limits=limits,
-                                            transport=transport)
-        return clients[up]
+        if up not in sessions:
+            sessions[up] = aiohttp.ClientSession(
+                base_url=up, timeout=aiohttp.ClientTimeout(total=600, connect=10),
+                connector=aiohttp.TCPConnector(limit=512), json_serialize=json.dumps)
+        return sessions[up]
 
     @app.get("/health")
     async def health():
@@ -479,9 +492,9 @@ def create_app(config_path: str | Path, transport=None):
         t0 = time.perf_counter()
         forwarded = {**body, "model": arm.adapter}
         try:
-            resp = await client().post(path, json=forwarded)
-            status, payload = resp.status_code, resp.json()
-        except (httpx.HTTPError, json.JSONDecodeError, OSError) as exc:
+            async with session().post(path, json=forwarded) as resp:
+                status, payload = resp.status, json.loads(await resp.read())
+        except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError, OSError) as exc:
             status, payload = 502, {"error": {"message": f"upstream failed: {type(exc).__name__}: {exc}"}}
         latency = time.perf_counter() - t0
         served = payload.get("model") if isinstance(payload, dict) else None
