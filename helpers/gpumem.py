@@ -211,19 +211,16 @@ class PeakMemory:
         self._stop = None
         self._thread = None
 
-    def _used(self) -> int | None:
-        return gpu_used_bytes()
-
     def __enter__(self) -> "PeakMemory":
         import threading
 
-        if self._used() is None:
+        if gpu_used_bytes() is None:
             return self
         self._stop = threading.Event()
 
         def sample():
             while not self._stop.is_set():
-                used = self._used()
+                used = gpu_used_bytes()
                 if used is not None and (self.peak_bytes is None or used > self.peak_bytes):
                     self.peak_bytes = used
                 self._stop.wait(self.interval_s)

@@ -195,6 +195,6 @@ def shutdown(llm) -> None:
         import torch
 
         if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001
+            torch.cuda.empty_cache()      # what the collected engine held goes back to the card
+    except Exception:  # noqa: BLE001 - best effort during teardown
         pass

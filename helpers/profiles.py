@@ -282,13 +282,17 @@ def _raw_profiles() -> dict[str, dict]:
         return yaml.safe_load(fh)
 
 
-@lru_cache(maxsize=4)
 def _extra_profiles(path: str) -> dict[str, dict]:
     file = Path(path)
     if not file.is_file():
         raise ProfileError(f"{EXTRA_PROFILES_ENV}={path}: no such file. Unset the variable or write the file "
                            "(`python -m helpers rehearsal prepare` writes one).")
-    data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    return _read_extra(path, file.stat().st_mtime_ns)   # re-read when the file changes (a second rehearsal)
+
+
+@lru_cache(maxsize=4)
+def _read_extra(path: str, _mtime_ns: int) -> dict[str, dict]:
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: expected a mapping of profile names to profile blocks.")
     clash = sorted(set(data) & set(_raw_profiles()))

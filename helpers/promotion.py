@@ -120,6 +120,11 @@ def promote(tracking_uri: str, model_name: str, version: str, config_path: str |
     return {"changed": True, "champion": str(version), "previous_champion": current, "weights": target}
 
 
+def _vllm_api(cfg: "router.ABConfig") -> str:
+    """The OpenAI API root of the vLLM behind the router (its ``upstream``)."""
+    return f"{cfg.upstream.rstrip('/')}/v1"
+
+
 def retire(config_path: str | Path, grace_s: float = 30.0) -> dict:
     """Unload the adapters of the arms the pending promotion set to weight 0, once ``grace_s`` seconds have
     passed since it; idempotent. Returns {"unloaded": {adapter: path}, "waited_s": ...}."""
@@ -130,7 +135,7 @@ def retire(config_path: str | Path, grace_s: float = 30.0) -> dict:
         raise PromotionError(f"No pending promotion for {config_path}: retire follows `promote` (nothing to unload).")
     data = io.read_json(snap)
     cfg = router.load_config(config_path)
-    base_url = f"{cfg.upstream.rstrip('/')}/v1"
+    base_url = _vllm_api(cfg)
     losers = {a.adapter for a in cfg.arms if a.weight == 0} - {a.adapter for a in cfg.arms if a.weight > 0}
     waited = max(0.0, data["at"] + grace_s - time.time())
     if waited:
@@ -156,7 +161,7 @@ def rollback(tracking_uri: str, config_path: str | Path) -> dict:
     if data.get("unloaded"):                  # serve the retired adapters again before traffic returns to them
         from . import serve
 
-        base_url = f"{router.load_config(config_path).upstream.rstrip('/')}/v1"
+        base_url = _vllm_api(router.load_config(config_path))
         served = serve.served_adapters(base_url)
         for adapter, path in data["unloaded"].items():
             if adapter not in served:

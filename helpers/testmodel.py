@@ -92,15 +92,24 @@ def sentencepiece_file() -> Path:
     return path
 
 
-def write_tokenizer(out_dir: str | Path) -> Path:
-    """A tokenizer folder that ``AutoTokenizer.from_pretrained`` loads offline, as Mistral-7B-v0.1's (no template)."""
+def write_tokenizer(out_dir: str | Path, chat_template: str | None = None) -> Path:
+    """A tokenizer folder that ``AutoTokenizer.from_pretrained`` loads offline, as Mistral-7B-v0.1's (no template,
+    unless ``chat_template`` is given)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(sentencepiece_file(), out / "tokenizer.model")
-    (out / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n", encoding="utf-8")
+    config = {**TOKENIZER_CONFIG, **({"chat_template": chat_template} if chat_template else {})}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (out / "special_tokens_map.json").write_text(json.dumps(
         {k: TOKENIZER_CONFIG[k] for k in ("bos_token", "eos_token", "unk_token")}, indent=2) + "\n", encoding="utf-8")
     return out
+
+
+def _write_marker(out: Path, **facts) -> None:
+    """``testmodel.json``: what the folder holds (random weights, the tokenizer's source); marks it complete."""
+    (out / "testmodel.json").write_text(json.dumps(
+        {**facts, "tokenizer": "mistral_common data/tokenizer.model.v1", "weights": "random"}, indent=2) + "\n",
+        encoding="utf-8")
 
 
 def config_dict(shape: str = "tiny") -> dict:
@@ -112,45 +121,24 @@ def config_dict(shape: str = "tiny") -> dict:
 def build(out_dir: str | Path, shape: str = "tiny", dtype: str = "bfloat16", seed: int = 0,
           device: str = "cpu") -> Path:
     """Write tokenizer + config + random weights of the given shape to ``out_dir``; returns the folder."""
-    import torch
-    from transformers import MistralConfig, MistralForCausalLM
-
-    out = write_tokenizer(out_dir)
-    values = {k: v for k, v in config_dict(shape).items() if k not in ("architectures", "model_type")}
-    config = MistralConfig(**values)
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = MistralForCausalLM(config).to(getattr(torch, dtype))
-    model.save_pretrained(out, safe_serialization=True)
-    (out / "testmodel.json").write_text(json.dumps(
-        {"shape": shape, "dtype": dtype, "seed": seed, "tokenizer": "mistral_common data/tokenizer.model.v1",
-         "weights": "random"}, indent=2) + "\n", encoding="utf-8")
-    return out
+    return build_config(out_dir, config_dict(shape), dtype=dtype, seed=seed, device=device, shape=shape)
 
 
 def build_config(out_dir: str | Path, config: dict, dtype: str = "bfloat16", seed: int = 0, device: str = "cpu",
-                 chat_template: str | None = None) -> Path:
-    """Random weights for any config dict whose ``model_type`` transformers knows (e.g. ``LLAMA31_8B``), with
-    Mistral-7B-v0.1's tokenizer (and ``chat_template`` if given)."""
+                 chat_template: str | None = None, shape: str | None = None) -> Path:
+    """Random weights for any config dict whose ``model_type`` transformers knows (``MISTRAL_7B_V01`` at a shape,
+    ``LLAMA31_8B``), with Mistral-7B-v0.1's tokenizer (and ``chat_template`` if given)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    out = write_tokenizer(out_dir)
+    out = write_tokenizer(out_dir, chat_template)
     values = {k: v for k, v in config.items() if k not in ("architectures", "model_type")}
     cfg = AutoConfig.for_model(config["model_type"], **values)
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg).to(getattr(torch, dtype))
     model.save_pretrained(out, safe_serialization=True)
-    if chat_template:
-        path = out / "tokenizer_config.json"
-        tok = json.loads(path.read_text(encoding="utf-8"))
-        tok["chat_template"] = chat_template
-        path.write_text(json.dumps(tok, indent=2) + "\n", encoding="utf-8")
-    (out / "testmodel.json").write_text(json.dumps(
-        {"shape": config["model_type"], "dtype": dtype, "seed": seed,
-         "tokenizer": "mistral_common data/tokenizer.model.v1", "weights": "random"}, indent=2) + "\n",
-        encoding="utf-8")
+    _write_marker(out, shape=shape or config["model_type"], dtype=dtype, seed=seed)
     return out
 
 
@@ -191,12 +179,7 @@ def build_awq(out_dir: str | Path, config: dict, seed: int = 0, device: str = "c
     import torch
     from safetensors.torch import save_file
 
-    out = write_tokenizer(out_dir)
-    if chat_template:
-        path = out / "tokenizer_config.json"
-        tok = json.loads(path.read_text(encoding="utf-8"))
-        tok["chat_template"] = chat_template
-        path.write_text(json.dumps(tok, indent=2) + "\n", encoding="utf-8")
+    out = write_tokenizer(out_dir, chat_template)
     gen = torch.Generator(device=device).manual_seed(seed)
     h, inter, kv = config["hidden_size"], config["intermediate_size"], config["num_key_value_heads"]
     head_dim = config.get("head_dim") or h // config["num_attention_heads"]
@@ -243,8 +226,5 @@ def build_awq(out_dir: str | Path, config: dict, seed: int = 0, device: str = "c
                                                      encoding="utf-8")
     cfg = {**config, "torch_dtype": "float16", "quantization_config": dict(AWQ_CONFIG)}
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-    (out / "testmodel.json").write_text(json.dumps(
-        {"shape": config.get("model_type"), "quantization": "awq (random packed weights)", "seed": seed,
-         "tokenizer": "mistral_common data/tokenizer.model.v1", "weights": "random"}, indent=2) + "\n",
-        encoding="utf-8")
+    _write_marker(out, shape=config.get("model_type"), quantization="awq (random packed weights)", seed=seed)
     return out

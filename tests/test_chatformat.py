@@ -7,12 +7,7 @@ import pytest
 from helpers import chatformat, prompts, testmodel
 
 # A strict template in the style of Mistral's instruct templates: alternating turns only, system role refused.
-STRICT = (
-    "{{ bos_token }}{% for m in messages %}"
-    "{% if m['role'] == 'system' %}{{ raise_exception('Conversation roles must alternate user/assistant') }}"
-    "{% elif m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
-    "{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}"
-)
+STRICT = testmodel.STRICT_INST_TEMPLATE
 # A template that renders, but silently drops the system message.
 DROPPING = (
     "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"

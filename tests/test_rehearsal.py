@@ -151,3 +151,16 @@ def test_a_rehearsal_without_a_gpu_says_where_to_run_it(tmp_path):
     with pytest.raises(rehearsal.RehearsalError, match="CUDA GPU"):
         rehearsal.build_models(load_profile("l4"), tmp_path)
     assert not any(tmp_path.iterdir())       # nothing half-built
+
+
+def test_a_rewritten_profiles_file_is_read_again(extra, tmp_path):
+    path, models = extra
+    assert "l4-rehearsal" not in profiles.profile_names()
+    l4 = {m: str(tmp_path / rehearsal.model_kind(m)) for m in
+          {getattr(load_profile("l4"), f) for f in rehearsal.MODEL_FIELDS} if m}
+    import os
+    import time
+
+    rehearsal.write_profile("l4", l4, tmp_path)              # a second rehearsal adds its profile to the file
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    assert load_profile("l4-rehearsal").card_gb == 24 and load_profile("t4-rehearsal").card_gb == 16
