@@ -55,8 +55,10 @@ def default_adapters(profile: Profile) -> dict[str, str]:
     path = roles.committed_dir("judge")
     if not (path / "MANIFEST.json").exists():
         return {}
-    manifest = roles.verify("judge", path)
-    return {"judge": str(path)} if manifest.get("base_model") == profile.judge_model else {}
+    if io.read_json(path / "MANIFEST.json").get("base_model") != profile.judge_model:
+        return {}     # trained for another judge model: not checked, not used
+    roles.verify("judge", path)
+    return {"judge": str(path)}
 
 
 def _trained_on(adapter_dir: str | Path) -> str | None:

@@ -139,6 +139,20 @@ def test_series_kappa_from_its_own_table():
 
 
 # --------------------------------------------------------------------------- profiles: the 70B judge on 2 GPUs
+def test_a_judge_adapter_for_another_model_is_not_read(tmp_path, monkeypatch):
+    # the committed judge adapter belongs to the mini judge; on l4 it is skipped, even when its weights are missing
+    from helpers import roles
+
+    src = roles.committed_dir("judge")
+    dst = tmp_path / "judge"
+    dst.mkdir()
+    (dst / "MANIFEST.json").write_text((src / "MANIFEST.json").read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setattr(roles, "committed_dir", lambda role: dst)
+    assert judge.default_adapters(load_profile("l4")) == {}
+    with pytest.raises(roles.RoleError, match="incomplete"):
+        judge.default_adapters(load_profile("mini"))
+
+
 def test_tensor_parallel_size_reaches_engine_and_server_flags():
     from helpers import inference, manifests, serve
 

@@ -136,6 +136,34 @@ def test_training_records_add_generated_pairs_labelled(tmp_path, gold):
     assert len(train) == len(gold[0]) + 1
 
 
+def test_an_empty_accepted_file_means_gold_only(tmp_path, gold, capsys):
+    # notebook 07 may accept no generated pair (random weights in the GPU rehearsal did): training goes on, on gold
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "qa_accepted.jsonl").write_text("\n", encoding="utf-8")
+    train, _ = training.training_records(tmp_path, tmp_path / "rej.jsonl")
+    assert len(train) == len(gold[0]) and {r["source"] for r in train} == {"gold"}
+    assert "training on gold only" in capsys.readouterr().out
+
+
+def test_release_memory_collects_what_training_left(gold):
+    import gc
+    import weakref
+
+    class Model:  # stands for the trained model the caller has deleted, kept alive only by a reference cycle
+        pass
+
+    m = Model()
+    m.self = m
+    ref = weakref.ref(m)
+    del m
+    gc.disable()
+    try:
+        training.release_memory(load_profile("mini"))
+    finally:
+        gc.enable()
+    assert ref() is None
+
+
 def test_gpu_profile_without_gpu_is_refused(gold, tmp_path):
     import torch
 
