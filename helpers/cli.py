@@ -13,12 +13,13 @@ import errno
 import sys
 
 from . import (bench, bench_gpu, chunking, course, dataset, diagnose, evaluation, gate, generation, judge, models,
-               pdfdocs, pipeline, qc, rehearsal, release, roles, router, serve, sovereign, split, training)
+               modelcompare, pdfdocs, pipeline, qc, rehearsal, release, roles, router, serve, sovereign, split, training)
 from .errors import HelpersError
 from .profiles import Profile, default_name, load_profile
 
 # in pipeline order: the order of `python -m helpers --help`
 STEP_MODULES = (models, roles, serve, dataset, chunking, generation, qc, split, training, diagnose, evaluation, judge,
+                modelcompare,
                 gate, release, router, pipeline, course, rehearsal, pdfdocs, bench, bench_gpu, sovereign)
 
 

@@ -230,7 +230,7 @@ def committed_dir(role: str) -> Path:
 
 def role_profile(profile: Profile, recipe: RoleRecipe, base_dir: str) -> Profile:
     """The profile ``training.train`` runs with for a role adapter: base = the instruct model, bf16 LoRA."""
-    train = dataclasses.replace(profile.train, max_steps=recipe.max_steps, batch_size=recipe.batch_size,
+    train = dataclasses.replace(profile.train, max_steps=recipe.max_steps, max_epochs=None, batch_size=recipe.batch_size,
                                 grad_accum=1, learning_rate=recipe.learning_rate, max_length=recipe.max_length,
                                 quantize_4bit=False, gradient_checkpointing=False, optimizer="adamw_torch",
                                 seed=recipe.seed, logging_steps=10, save_steps=recipe.max_steps)

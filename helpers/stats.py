@@ -226,3 +226,13 @@ def binomial_test(successes: int, n: int, p: float = 0.5) -> dict:
     res = binomtest(successes, n, p)
     return {"successes": successes, "n": n, "share": successes / n, "p_value": float(res.pvalue),
             "ci": wilson_ci(successes, n)}
+
+
+def two_proportions(a_successes: int, a_n: int, b_successes: int, b_n: int) -> dict:
+    """Two independent shares compared with Fisher's exact test (scipy), each with its Wilson interval."""
+    from scipy.stats import fisher_exact
+
+    table = [[a_successes, a_n - a_successes], [b_successes, b_n - b_successes]]
+    return {"a": a_successes / a_n, "a_ci": wilson_ci(a_successes, a_n), "b": b_successes / b_n,
+            "b_ci": wilson_ci(b_successes, b_n), "diff": a_successes / a_n - b_successes / b_n,
+            "p_value": float(fisher_exact(table).pvalue)}

@@ -232,6 +232,10 @@ def train(profile: Profile, train_records: list[dict], eval_records: list[dict] 
     eval_records = answer_targets(eval_records, cfg.answer_target) if eval_records else eval_records
     eval_enc = encode_records(tok, validate_records(eval_records, "the eval records", rejects_path, "eval"),
                               cfg.max_length, rejects_path, "(eval)") if eval_records else None
+    if not max_steps and cfg.steps_for(len(train_enc)) != cfg.max_steps:
+        print(f"{len(train_enc)} training examples: {cfg.steps_for(len(train_enc))} steps instead of {cfg.max_steps} "
+              f"(train.max_epochs = {cfg.max_epochs}).")
+        cfg = dataclasses.replace(cfg, max_steps=cfg.steps_for(len(train_enc)))
 
     set_seed(cfg.seed)
     if profile.device == "cpu" and cfg.threads:

@@ -417,3 +417,15 @@ def test_an_unknown_answer_target_in_a_profile_is_refused():
 
     with pytest.raises(ProfileError, match="answer_target"):
         dataclasses.replace(load_profile("mini").train, answer_target="summary")
+
+
+def test_max_epochs_caps_the_steps_of_a_small_data_set(tmp_path, gold, capsys):
+    import dataclasses
+
+    mini = load_profile("mini")
+    assert mini.train.max_epochs and mini.train.steps_for(26) < mini.train.max_steps    # 07's generated pairs
+    assert mini.train.steps_for(204) == mini.train.max_steps                             # gold: not capped
+    cfg = dataclasses.replace(mini.train, max_epochs=1, batch_size=4, max_steps=50, logging_steps=1)
+    result = training.train(dataclasses.replace(mini, train=cfg), gold[0][:6], None, tmp_path / "a", progress=False)
+    assert result.info["global_step"] == result.info["max_steps"] == 2                   # 6 examples / 4 = 2 steps
+    assert "2 steps instead of 50" in capsys.readouterr().out
