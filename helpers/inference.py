@@ -74,7 +74,8 @@ def engine_process_environment(profile: Profile) -> dict[str, str]:
 
 def make_llm(profile: Profile, model: str | None = None, enable_lora: bool = False,
              **overrides: Any):
-    """Start a vLLM offline engine for the profile (in this process, notebook-safe)."""
+    """Start a vLLM offline engine for the profile: on CPU in this process, on a GPU with its engine core in a
+    process of its own (``engine_process_environment``); notebook-safe either way."""
     profile.require_device()
     sovereign.activate()
     os.environ.update(cpu_environment(profile))

@@ -165,18 +165,23 @@ def join_key(judgments: Sequence[dict], key: dict[str, dict]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- paired by chunk
+def chunk_means(rows: Sequence[dict], value: str = "score") -> dict[str, dict[str, float]]:
+    """chunk → configuration → mean of ``value`` over its rows (rows without a value are left out)."""
+    values: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        if r.get(value) is not None:
+            values.setdefault(r["chunk_id"], {}).setdefault(r["config"], []).append(float(r[value]))
+    return {c: {k: sum(v) / len(v) for k, v in by_cfg.items()} for c, by_cfg in values.items()}
+
+
 def by_chunk(rows: Sequence[dict], first: str, second: str, value: str = "score") -> dict[str, Any]:
     """Mean of ``value`` per chunk and configuration, for chunks where both have a value; paired bootstrap over
     chunks (second − first) and the Wilcoxon signed-rank test on the chunk differences."""
     from scipy.stats import wilcoxon
 
-    means: dict[str, dict[str, list[float]]] = {}
-    for r in rows:
-        if r.get(value) is not None:
-            means.setdefault(r["chunk_id"], {}).setdefault(r["config"], []).append(float(r[value]))
+    means = chunk_means(rows, value)
     chunks = sorted(c for c, v in means.items() if first in v and second in v)
-    a = [sum(means[c][first]) / len(means[c][first]) for c in chunks]
-    b = [sum(means[c][second]) / len(means[c][second]) for c in chunks]
+    a, b = [means[c][first] for c in chunks], [means[c][second] for c in chunks]
     result = {"metric": value, "chunks": len(chunks), "chunks_left_out": len(means) - len(chunks),
               first: sum(a) / len(a) if a else None, second: sum(b) / len(b) if b else None,
               **stats.paired_bootstrap(a, b)}
@@ -241,14 +246,11 @@ def plot_by_chunk(rows: Sequence[dict], first: str, second: str, value: str = "s
     """Per chunk, the mean of ``value`` of both configurations joined by a line: the pairing the test uses."""
     import matplotlib.pyplot as plt
 
-    means: dict[str, dict[str, list[float]]] = {}
-    for r in rows:
-        if r.get(value) is not None:
-            means.setdefault(r["chunk_id"], {}).setdefault(r["config"], []).append(float(r[value]))
+    means = chunk_means(rows, value)
     chunks = sorted(c for c, v in means.items() if first in v and second in v)
     fig, ax = plt.subplots(figsize=(5, 4))
     for c in chunks:
-        a, b = (sum(means[c][k]) / len(means[c][k]) for k in (first, second))
+        a, b = means[c][first], means[c][second]
         ax.plot([0, 1], [a, b], color="tab:blue" if b > a else "tab:red" if b < a else "grey", alpha=0.6, marker="o")
     ax.set_xticks([0, 1], [first, second])
     ax.set_xlim(-0.3, 1.3)

@@ -9,8 +9,8 @@ profile, the key and the nearest valid name.
 from __future__ import annotations
 
 import dataclasses
-import math
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache

@@ -22,7 +22,8 @@ TELEMETRY_VARS = {
     "TOKENIZERS_PARALLELISM": "false",
     # vLLM would otherwise probe an outside address to find "its" IP; the course stays on loopback.
     "VLLM_HOST_IP": "127.0.0.1",
-    # vLLM in a notebook or a script without a __main__ guard must not fork a second engine process.
+    # vLLM in a notebook or a script without a __main__ guard must not fork a second engine process (CPU);
+    # on a GPU, inference.make_llm turns it on again: only an engine process's exit frees the card.
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
 }
 
