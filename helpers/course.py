@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -158,8 +159,12 @@ def _peak_entry(peak: "gpumem.PeakMemory") -> dict:
 
 def run_course(profile: str = "mini", only: list[str] | None = None, start: str | None = None,
                run_dir: str | Path | None = None, parameters: dict | None = None,
-               progress: bool = True, check: bool = True, notebook_dir: Path | None = None) -> Path:
-    """Execute the selected notebooks in order; returns the run folder. Raises CourseError on failure."""
+               progress: bool = True, check: bool = True, notebook_dir: Path | None = None,
+               keep_going: bool = False) -> Path:
+    """Execute the selected notebooks in order; returns the run folder. Raises CourseError on failure.
+
+    ``keep_going``: a failed notebook is recorded and the next one runs anyway (each post sets up what it needs);
+    the error then names every failure at the end. For rehearsals, where each notebook's own result counts."""
     import papermill as pm
     from tqdm.auto import tqdm
 
@@ -177,6 +182,7 @@ def run_course(profile: str = "mini", only: list[str] | None = None, start: str 
     env_before = os.environ.get("COURSE_RUN_DIR")
     os.environ["COURSE_RUN_DIR"] = str(run_dir)
     bar = tqdm(books, desc="Kurs", unit="Notebook", disable=not progress)
+    failures: list[str] = []
     try:
         for book in bar:
             nb_id = notebook_id(book)
@@ -195,7 +201,11 @@ def run_course(profile: str = "mini", only: list[str] | None = None, start: str 
                 state["notebooks"][nb_id] = {"status": "failed", "seconds": round(time.time() - t0, 1),
                                              **_peak_entry(peak)}
                 io.write_json(state_path, state)
-                raise CourseError(_failure_message(exc, nb_id, out)) from exc
+                if not keep_going:
+                    raise CourseError(_failure_message(exc, nb_id, out)) from exc
+                failures.append(_failure_message(exc, nb_id, out))
+                print(failures[-1].splitlines()[0], "- going on (keep_going)", file=sys.stderr)
+                continue
             seconds = round(time.time() - t0, 1)
             mpath = metrics_path(run_dir, nb_id)
             metrics = io.read_json(mpath) if mpath.exists() else {}
@@ -204,8 +214,11 @@ def run_course(profile: str = "mini", only: list[str] | None = None, start: str 
                                          "notebook": book.name, **_peak_entry(peak)}
             io.write_json(state_path, state)
             if problems:
-                raise CourseError(f"Notebook {nb_id} ran, but its metrics are out of tolerance:\n  "
-                                  + "\n  ".join(problems) + f"\nMetrics: {mpath}")
+                message = (f"Notebook {nb_id} ran, but its metrics are out of tolerance:\n  "
+                           + "\n  ".join(problems) + f"\nMetrics: {mpath}")
+                if not keep_going:
+                    raise CourseError(message)
+                failures.append(message)
     finally:
         os.environ.pop("COURSE_NOTEBOOK", None)
         if env_before is None:
@@ -213,6 +226,8 @@ def run_course(profile: str = "mini", only: list[str] | None = None, start: str 
         else:
             os.environ["COURSE_RUN_DIR"] = env_before
         write_report(run_dir)
+    if failures:
+        raise CourseError(f"{len(failures)} of {len(books)} notebooks failed:\n\n" + "\n\n".join(failures))
     return run_dir
 
 
@@ -275,6 +290,8 @@ def add_cli(sub, profile: Profile) -> None:
     p.add_argument("--only", nargs="+", default=None, help="notebook ids, e.g. 02 05.1")
     p.add_argument("--from", dest="start", default=None, help="resume from this notebook id")
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<timestamp>)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="run the remaining notebooks after a failure (all failures are reported at the end)")
     p.add_argument("--airgap", action="store_true",
                    help="run inside a new network namespace with only loopback (no way out; `make airgap`)")
     progress_arg(p)
@@ -297,7 +314,6 @@ def cmd_course(args) -> int:
         return 0 if all(f.ok for f in findings) else 1
     if args.airgap:   # re-run this very command inside a namespace whose only interface is loopback
         import subprocess
-        import sys
 
         from . import airgap
 
@@ -310,6 +326,6 @@ def cmd_course(args) -> int:
         return subprocess.call(airgap.command([sys.executable, "-m", "helpers", *argv]))
     # papermill passes the profile on by name: each notebook resolves it again at its own edge
     run_dir = run_course(profile=args.profile.name, only=args.only, start=args.start, run_dir=args.run_dir,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, keep_going=args.keep_going)
     print(f"Course run complete: {run_dir}\nReport: {run_dir / 'report.md'}")
     return 0

@@ -161,7 +161,9 @@ def run(profile: Profile, out_dir: str | Path, start: str | None = None, only: l
     os.environ[EXTRA_PROFILES_ENV] = str(profiles_file)
     run_dir = Path(run_dir) if run_dir else Path(out_dir) / f"run-{profile.name}"
     try:
-        course.run_course(rehearsal_name(profile.name), only=only, start=start, run_dir=run_dir, check=False)
+        # every notebook is tried: one failure (e.g. 07 with random weights) does not hide the others' results
+        course.run_course(rehearsal_name(profile.name), only=only, start=start, run_dir=run_dir, check=False,
+                          keep_going=True)
     finally:
         io.write_json(run_dir / "rehearsal.json", summary(run_dir, profile))
     return run_dir

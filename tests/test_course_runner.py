@@ -69,6 +69,24 @@ def test_failing_notebook_is_named_and_resume_continues(tmp_path, monkeypatch):
     assert "02-broken.ipynb" in (run_dir / "report.md").read_text()
 
 
+def test_keep_going_runs_the_rest_and_names_every_failure(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_RUNS_DIR", str(tmp_path / "runs"))
+    books = tmp_path / "nbs"
+    books.mkdir()
+    _book(books / "01-ok.ipynb", "from helpers import course\n"
+          "course.start_notebook('01', profile, run_dir).save_metrics(value=1)")
+    _book(books / "02-broken.ipynb", "raise ValueError('Kaputt')")
+    _book(books / "03-after.ipynb", "from helpers import course\n"
+          "course.start_notebook('03', profile, run_dir).save_metrics(value=3)")
+    with pytest.raises(course.CourseError) as err:
+        course.run_course(notebook_dir=books, progress=False, check=False, keep_going=True)
+    assert "1 of 3 notebooks failed" in str(err.value) and "Notebook 02 failed in cell" in str(err.value)
+    run_dir = course.latest_run_dir()
+    state = json.loads((run_dir / "course_state.json").read_text())
+    assert {k: v["status"] for k, v in state["notebooks"].items()} == {"01": "ok", "02": "failed", "03": "ok"}
+    assert json.loads((run_dir / "metrics" / "03.json").read_text())["value"] == 3
+
+
 def test_metrics_out_of_tolerance_stop_the_run(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_RUNS_DIR", str(tmp_path / "runs"))
     books = tmp_path / "nbs"
