@@ -43,15 +43,20 @@ def test_check_metrics_reports_violations():
     assert any("offline_stop_rate" in p for p in problems) and any("server_healthy" in p for p in problems)
 
 
-def test_failing_notebook_is_named_and_resume_continues(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_RUNS_DIR", str(tmp_path / "runs"))
-    books = tmp_path / "nbs"
+def _ok_broken_ok(books: Path) -> Path:
+    """Three notebooks: 01 and 03 save a metric, 02 raises."""
     books.mkdir()
     _book(books / "01-ok.ipynb", "from helpers import course\n"
           "course.start_notebook('01', profile, run_dir).save_metrics(value=1)")
     _book(books / "02-broken.ipynb", "x = 1\nraise ValueError('Kaputt: bitte Datei prüfen')")
     _book(books / "03-after.ipynb", "from helpers import course\n"
           "course.start_notebook('03', profile, run_dir).save_metrics(value=3)")
+    return books
+
+
+def test_failing_notebook_is_named_and_resume_continues(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_RUNS_DIR", str(tmp_path / "runs"))
+    books = _ok_broken_ok(tmp_path / "nbs")
     with pytest.raises(course.CourseError) as err:
         course.run_course(notebook_dir=books, progress=False, check=False)
     msg = str(err.value)
@@ -71,13 +76,7 @@ def test_failing_notebook_is_named_and_resume_continues(tmp_path, monkeypatch):
 
 def test_keep_going_runs_the_rest_and_names_every_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_RUNS_DIR", str(tmp_path / "runs"))
-    books = tmp_path / "nbs"
-    books.mkdir()
-    _book(books / "01-ok.ipynb", "from helpers import course\n"
-          "course.start_notebook('01', profile, run_dir).save_metrics(value=1)")
-    _book(books / "02-broken.ipynb", "raise ValueError('Kaputt')")
-    _book(books / "03-after.ipynb", "from helpers import course\n"
-          "course.start_notebook('03', profile, run_dir).save_metrics(value=3)")
+    books = _ok_broken_ok(tmp_path / "nbs")
     with pytest.raises(course.CourseError) as err:
         course.run_course(notebook_dir=books, progress=False, check=False, keep_going=True)
     assert "1 of 3 notebooks failed" in str(err.value) and "Notebook 02 failed in cell" in str(err.value)
