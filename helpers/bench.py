@@ -118,12 +118,13 @@ def bench_lora_overhead(n_prompts: int = 16, max_tokens: int = 64, profile_name:
     return out
 
 
-def bench_ab_router(n_seq: int = 40, n_conc: int = 64, concurrency: int = 16, max_tokens: int = 8) -> dict:
+def bench_ab_router(profile=None, n_seq: int = 40, n_conc: int = 64, concurrency: int = 16, max_tokens: int = 8) -> dict:
     """The A/B router's overhead on loopback, in one run against one real vLLM (two random rank-8 adapters).
 
     On the mini profile the router, vLLM and the client share the same few cores, so both targets also measure
     CPU contention; ``router_cpu_ms_per_request`` (the router process's own CPU time per request) separates
-    the router's cost from that.
+    the router's cost from that. ``profile``: where vLLM runs (default mini; ``gpu-smoke`` serves Kurs-Mini on a
+    GPU, where vLLM no longer competes with the router for the CPU).
     Latency: ``n_seq`` sequential one-token requests, direct and through the router interleaved (so drift on a
     shared machine hits both alike); added p50 = median(routed) - median(direct). Throughput: ``n_conc``
     requests at ``concurrency`` in flight, direct vs routed, three interleaved rounds, best of each.
@@ -135,8 +136,8 @@ def bench_ab_router(n_seq: int = 40, n_conc: int = 64, concurrency: int = 16, ma
 
     from . import adapters, router, serve
 
-    profile = load_profile("mini")
-    out: dict = {}
+    profile = profile or load_profile("mini")
+    out: dict = {"router_profile": profile.name, "router_device": profile.device}
     body = {"messages": [{"role": "user", "content": "Wie erreiche ich den Service Desk?"}], "temperature": 0.0}
     with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
         dirs = {n: adapters.random_adapter(Path(tmp) / n, r=8, seed=i) for i, n in enumerate(("a", "b"), 1)}
@@ -262,11 +263,15 @@ BENCHMARKS = {"course": bench_course, "notebooks": bench_notebooks_01_02, "model
               "router": bench_ab_router}
 
 
-def run(names: list[str] | None = None) -> dict:
+PROFILED = {"router": "mini"}   # benchmarks that also run on another profile (`bench router --profile gpu-smoke`)
+
+
+def run(names: list[str] | None = None, profile=None) -> dict:
+    """``profile``: passed to the benchmarks in PROFILED; the others measure the mini profile's budgets."""
     results: dict = {}
     for name in names or list(BENCHMARKS):
         print(f"== benchmark: {name}", flush=True)
-        results.update(BENCHMARKS[name]())
+        results.update(BENCHMARKS[name](profile) if name in PROFILED else BENCHMARKS[name]())
     lines = ["| target | measured | limit | ratio (measured/limit) | ok |", "|---|---|---|---|---|"]
     for key, limit in TARGETS.items():
         if key in results:
@@ -282,9 +287,12 @@ def run(names: list[str] | None = None) -> dict:
 
 # --------------------------------------------------------------------------- command line
 def add_cli(sub, profile) -> None:
+    from .cliargs import profile_arg
+
     p = sub.add_parser("bench", help="measure the speed targets in one run and print the ratios")
     # no `choices=` here: argparse (Python 3.11) rejects an empty `nargs="*"` list against choices
     p.add_argument("names", nargs="*", help=f"benchmarks: {' '.join(BENCHMARKS)} (default: all)")
+    profile_arg(p, profile)
     p.set_defaults(func=cmd_bench)
 
 
@@ -292,5 +300,9 @@ def cmd_bench(args) -> int:
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         raise ValueError(f"Unknown benchmark(s) {', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}.")
-    run(args.names or None)
+    named = getattr(args.profile, "name", "mini")
+    if named != "mini" and set(args.names or BENCHMARKS) - set(PROFILED):
+        raise ValueError(f"--profile {named} applies to {', '.join(PROFILED)} only: name that benchmark "
+                         f"(`python -m helpers bench router --profile {named}`).")
+    run(args.names or None, args.profile)
     return 0

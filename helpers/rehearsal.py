@@ -141,9 +141,8 @@ def write_profile(profile_name: str, models: dict[str, str], out_dir: str | Path
     path = Path(out_dir) / "profiles.yaml"
     data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
     data[rehearsal_name(profile_name)] = profile_block(profile_name, models)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return path
+    # atomic: notebooks of another rehearsal (other GPU) may read this file while it is rewritten
+    return io.write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 def prepare(profile: Profile, out_dir: str | Path) -> Path:
@@ -211,6 +210,8 @@ def add_cli(sub, profile: Profile) -> None:
     p.add_argument("--out", default="runs/rehearsal", help="folder for models, profile file and runs")
     p.add_argument("--from", dest="start", default=None, help="resume from this notebook id")
     p.add_argument("--only", nargs="+", default=None, help="notebook ids")
+    p.add_argument("--run-dir", default=None,
+                   help="run folder (default OUT/run-PROFILE); separate folders let one profile run on several GPUs")
     p.set_defaults(func=cmd_rehearsal)
 
 
@@ -219,9 +220,10 @@ def cmd_rehearsal(args) -> int:
     if args.action == "prepare":
         print(prepare(profile, args.out))
         return 0
+    run_dir = Path(args.run_dir) if args.run_dir else Path(args.out) / f"run-{profile.name}"
     if args.action == "summary":
-        print(json.dumps(summary(Path(args.out) / f"run-{profile.name}", profile), indent=1))
+        print(json.dumps(summary(run_dir, profile), indent=1))
         return 0
-    run_dir = run(profile, args.out, start=args.start, only=args.only)
+    run_dir = run(profile, args.out, start=args.start, only=args.only, run_dir=run_dir)
     print(json.dumps(io.read_json(run_dir / "rehearsal.json"), indent=1))
     return 0

@@ -42,3 +42,11 @@ def test_gpu_engines_run_in_their_own_process():
 
     assert inference.engine_process_environment(load_profile("l4")) == {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
     assert inference.engine_process_environment(load_profile("mini")) == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
+
+def test_bench_profile_applies_to_the_router_benchmark_only(capsys):
+    # `bench router --profile gpu-smoke` measures the router against a GPU vLLM; the budgets stay on mini
+    assert cli.main(["bench", "course", "--profile", "gpu-smoke"]) == 2
+    assert "applies to router only" in capsys.readouterr().err
+    assert cli.build_parser().parse_args(["bench", "router", "--profile", "gpu-smoke"]).names == ["router"]
