@@ -166,7 +166,7 @@ def random_checkpoint(out: str | Path, model_cfg: dict | None = None, seed: int 
 def long_records(n: int, max_tokens: int = 1024, tokenizer=None) -> list[dict]:
     """Gold QA records whose contexts are stretched with corpus text until each example fills ``max_tokens``
     (within a few tokens) as the `train` step encodes it -- batch 4 x 1024 means 1024 real tokens, no padding."""
-    from . import chunking, documents, gold, training
+    from . import chunking, documents, gold, labels
 
     tok = tokenizer or chunking.get_tokenizer(load_profile("mini"))
     corpus = " ".join(d.text for d in documents.load_corpus(paths.corpus_dir()))
@@ -179,7 +179,7 @@ def long_records(n: int, max_tokens: int = 1024, tokenizer=None) -> list[dict]:
         while lo < hi:
             mid = (lo + hi + 1) // 2
             try:
-                training.encode(tok, {**rec, "context": rec["context"] + " " + corpus[start:start + mid]}, max_tokens)
+                labels.encode(tok, {**rec, "context": rec["context"] + " " + corpus[start:start + mid]}, max_tokens)
                 lo = mid
             except ValueError:
                 hi = mid - 1

@@ -11,6 +11,45 @@ from . import io, paths
 GENERATION_MIN_RATIO = 0.9        # the generation step vs raw vLLM on the same prompts and lengths
 QLORA_MAX_GB = 9.0                 # peak memory of QLoRA 7B at 4 x 1024
 QLORA_MIN_TOKENS_PER_S = 3258      # the raw QLoRA loop (transformers + peft, no Trainer) on an H100
+DECODE_MIN_BANDWIDTH_SHARE = 0.85  # batch-1 decode vs the card's memory bandwidth limit
+# Peak memory bandwidth from the vendors' data sheets, TB/s (matched against torch's device name).
+BANDWIDTH_TB_S = {"H200": 4.8, "H100 80GB HBM3": 3.35, "A100-SXM4-80GB": 2.039, "L4": 0.3, "T4": 0.32}
+
+
+def decode_bytes_per_token(shape: dict, bytes_per_param: int = 2) -> int:
+    """Bytes one batch-1 decode step must read: every weight matrix once (the input embedding only one row)."""
+    h, inter, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    kv = shape["num_key_value_heads"] * shape.get("head_dim", h // shape["num_attention_heads"])
+    per_layer = h * h * 2 + h * kv * 2 + 3 * h * inter + 2 * h      # q, o; k, v; gate, up, down; two norms
+    return (layers * per_layer + shape["vocab_size"] * h + h + h) * bytes_per_param   # + lm_head, final norm, one row
+
+
+def bandwidth_share(tokens_per_s: float, gpu: str, shape: dict) -> dict | None:
+    """Batch-1 decode as a share of the card's bandwidth limit (None for a card not in BANDWIDTH_TB_S)."""
+    tb_s = next((v for k, v in BANDWIDTH_TB_S.items() if k in gpu), None)
+    if tb_s is None:
+        return None
+    limit = tb_s * 1e12 / decode_bytes_per_token(shape)
+    return {"bandwidth_tb_s": tb_s, "limit_tokens_per_s": round(limit, 1), "share": round(tokens_per_s / limit, 3)}
+
+
+def decode_section(results: dict) -> list[str]:
+    from .bench_gpu import MISTRAL_7B
+
+    rec = (results.get("graphs") or {}).get("batch_1")
+    gpu = results.get("environment", {}).get("gpu", "")
+    share = rec and bandwidth_share(rec["tokens_per_s"], gpu, MISTRAL_7B)
+    if not share:
+        return []
+    ok = share["share"] >= DECODE_MIN_BANDWIDTH_SHARE
+    return ["## Batch 1 gegen die Speicherbandbreite", "",
+            (f"Ein Decode-Schritt mit Batch 1 liest jede Gewichtsmatrix einmal: "
+             f"{decode_bytes_per_token(MISTRAL_7B) / 1e9:.2f} GB in bfloat16. Bei {share['bandwidth_tb_s']} TB/s "
+             f"({gpu}, Datenblatt) sind höchstens {share['limit_tokens_per_s']} Tokens/s möglich; gemessen "
+             f"(CUDA Graphs) {rec['tokens_per_s']} Tokens/s = {share['share']:.0%} der Grenze (Ziel ≥ "
+             f"{DECODE_MIN_BANDWIDTH_SHARE:.0%}: {'erreicht' if ok else 'verfehlt'}). Die Messung enthält das "
+             f"Prefill der {results.get('prompt_tokens')} Prompt-Tokens und den Start der Anfrage, der Anteil "
+             "des reinen Decodings liegt also etwas höher."), ""]
 
 
 def generation_section(results: dict) -> list[str]:
@@ -48,7 +87,8 @@ def generation_section(results: dict) -> list[str]:
     lines.append("")
     variants = results.get("generation_variants") or []
     if variants:
-        lines += ["Was wir am Schritt ausprobiert haben (je ein eigener Lauf, gleiche GPU, gleiche Prompts; "
+        where = results.get("generation_variants_gpu", "gleiche GPU")
+        lines += [f"Was wir am Schritt ausprobiert haben (je ein eigener Lauf, {where}, gleiche Prompts; "
                   "„Verhältnis“ ist Schritt / rohes vLLM mit gleichen Längen auf derselben Engine):", "",
                   "| Variante | Schritt Tokens/s | Roh Tokens/s | Verhältnis | Tokens je Anfrage |",
                   "|---|---|---|---|---|"]
@@ -116,6 +156,7 @@ def write_markdown(results: dict, path: str | Path | None = None, plot: bool = T
                   "und `max_loras` auf die Zahl gleichzeitig aktiver Adapter (hier 4), damit alle Adapter im "
                   "GPU-Slot bleiben und kein Austausch zwischen Batches nötig ist; ein Aufwärmlauf lädt sie vorab. "
                   "Die Messung hat Rauschen von einigen Prozent zwischen Läufen.", ""]
+    lines += decode_section(results)
     if "generation_step" in results:
         lines += generation_section(results)
     if "qlora" in results and "peak_memory_gb" in results["qlora"]:

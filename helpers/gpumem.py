@@ -157,7 +157,8 @@ def advise(advice: Callable[[], str]) -> Iterator[None]:
 # --------------------------------------------------------------------------- measurement (dress rehearsal)
 def release_cached() -> None:
     """Collect what the caller dropped and give the CUDA caching allocator's blocks back to the card, so an
-    engine started next in the same process finds them free (after training: 11 GB on the t4 rehearsal's 06)."""
+    engine started next in the same process finds them free (on a GPU training runs in its own process instead,
+    helpers/childproc.py)."""
     import gc
 
     gc.collect()

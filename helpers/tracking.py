@@ -75,6 +75,10 @@ class Tracker:
         self._client = None
         self._monitor = None
 
+    def __getstate__(self) -> dict:
+        # a training process of its own (GPU) gets a copy: settings and run state, not client or monitor threads
+        return {**self.__dict__, "_client": None, "_monitor": None}
+
     # ------------------------------------------------------------------ guarded calls
     def _fail(self, what: str, exc: BaseException) -> None:
         message = (f"MLflow tracking disabled ({what} failed: {type(exc).__name__}: {str(exc)[:200]}). "

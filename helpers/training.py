@@ -212,7 +212,32 @@ def train(profile: Profile, train_records: list[dict], eval_records: list[dict] 
           pad_as_eos: bool = False, collator: str = "completion", resume: bool = False,
           tracker=None, rejects_path: str | Path | None = None, max_steps: int | None = None,
           progress: bool = True, run_name: str | None = None) -> TrainResult:
-    """QLoRA-train an adapter into ``output_dir`` (checkpoints in ``output_dir``.checkpoints, resumable)."""
+    """QLoRA-train an adapter into ``output_dir`` (checkpoints in ``output_dir``.checkpoints, resumable).
+
+    On a GPU the training runs in a process of its own (``own_process``), so the card is empty again when it
+    returns and the engine a notebook starts next gets the memory the profile plans for it."""
+    kwargs = dict(pad_as_eos=pad_as_eos, collator=collator, resume=resume, tracker=tracker,
+                  rejects_path=rejects_path, max_steps=max_steps, progress=progress, run_name=run_name)
+    if not own_process(profile):
+        return _train(profile, train_records, eval_records, output_dir, **kwargs)
+    from . import childproc
+
+    result = childproc.run(_train, profile, train_records, eval_records, output_dir, what="The training process",
+                           **kwargs)
+    if tracker is not None:   # the child logged the run; this tracker names it as if it had
+        tracker.run_id = result.info.get("mlflow_run_id")
+    return result
+
+
+def own_process(profile: Profile) -> bool:
+    """Train in a separate process: on CUDA (see helpers/childproc.py for what stays on the card otherwise)."""
+    return profile.device == "cuda"
+
+
+def _train(profile: Profile, train_records: list[dict], eval_records: list[dict] | None, output_dir: str | Path,
+           pad_as_eos: bool = False, collator: str = "completion", resume: bool = False,
+           tracker=None, rejects_path: str | Path | None = None, max_steps: int | None = None,
+           progress: bool = True, run_name: str | None = None) -> TrainResult:
     import torch
     from peft import get_peft_model
     from transformers import Trainer, TrainingArguments, set_seed
@@ -325,7 +350,7 @@ def train(profile: Profile, train_records: list[dict], eval_records: list[dict] 
         tracker.end()
         io.write_json(output_dir / "training_info.json", info)
     del trainer, model
-    gpumem.release_cached()     # the trained model's GPU memory back to the card before an engine starts
+    gpumem.release_cached()     # in-process training (CPU): the model's memory back before an engine starts
     return TrainResult(output_dir, info)
 
 

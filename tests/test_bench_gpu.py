@@ -68,3 +68,26 @@ def test_committed_benchmarks_render_from_their_json(tmp_path):
         committed.replace("![Durchsatz](benchmarks.png)\n", "").rstrip()
     for part in ("generation", "qlora", "eager", "graphs", "lora"):
         assert part in data["measured_at"]
+
+
+def test_qlora_records_fill_the_length_the_train_step_encodes():
+    # bench_qlora's batch 4 x N means N real tokens per example: each stretched record fits N, almost exactly
+    from helpers import chunking, labels
+    from helpers.profiles import load_profile
+
+    tok = chunking.get_tokenizer(load_profile("mini"))
+    records = bench_gpu.long_records(3, max_tokens=256, tokenizer=tok)
+    lengths = [labels.encode(tok, r, 256)["length"] for r in records]
+    assert len({r["id"] for r in records}) == 3
+    assert all(240 <= n <= 256 for n in lengths), lengths
+
+
+def test_decode_reads_every_weight_of_mistral_7b_once():
+    # Mistral-7B-v0.1 has 7,241,732,096 parameters (public); batch-1 decode reads all but the embedding table
+    from helpers import bench_gpu_report as report
+
+    assert report.decode_bytes_per_token(bench_gpu.MISTRAL_7B) == 2 * (7_241_732_096 - 32000 * 4096 + 4096)
+    share = report.bandwidth_share(100.0, "NVIDIA H200", bench_gpu.MISTRAL_7B)
+    assert share["limit_tokens_per_s"] == round(4.8e12 / report.decode_bytes_per_token(bench_gpu.MISTRAL_7B), 1)
+    assert share["share"] == round(100.0 / share["limit_tokens_per_s"], 3)
+    assert report.bandwidth_share(100.0, "Some Future GPU", bench_gpu.MISTRAL_7B) is None

@@ -246,6 +246,27 @@ def test_training_was_tracked_in_the_local_mlflow_store(tiny_run):
     assert len(table) == 1 and table["status"][0] == "FINISHED"
 
 
+def test_training_in_its_own_process_returns_the_same_record(monkeypatch, profile, gold, tmp_path, capsys):
+    # on a GPU `train` runs in a spawned process (only an exit empties the card); forced here on the CPU
+    monkeypatch.setattr(training, "own_process", lambda p: True)
+    tracker = tracking.Tracker(tracking.local_uri(tmp_path), experiment="child", system_metrics=False)
+    result = training.train(profile, gold[0][:16], None, tmp_path / "child", tracker=tracker, max_steps=1,
+                            progress=False)
+    assert result.info["global_step"] == 1 and (result.adapter_dir / "adapter_model.safetensors").exists()
+    assert "Schritt 1/1" in capsys.readouterr().out        # the child's output is shown in the caller's cell
+    assert tracker.run_id == result.info["mlflow_run_id"] is not None
+    assert len(tracking.runs_table(tracking.local_uri(tmp_path), "child")) == 1
+
+
+def test_a_child_process_that_dies_is_named():
+    import os
+
+    from helpers import childproc
+
+    with pytest.raises(childproc.ChildFailed, match="ended without a result"):
+        childproc.run(os._exit, 3, what="The training process")
+
+
 def test_resume_continues_from_the_last_checkpoint(tiny_run, profile, gold):
     work, first = tiny_run
     out = work / "adapters" / "tiny"
