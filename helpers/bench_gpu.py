@@ -37,7 +37,8 @@ def make_model_dir(out: str | Path, tokenizer_dir: str | Path | None = None, **o
     cfg.architectures = ["MistralForCausalLM"]
     cfg.save_pretrained(out)
     tok_src = Path(tokenizer_dir or kursmini.ensure())
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+    for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "chat_template.jinja",
+                 "special_tokens_map.json"):
         if (tok_src / name).exists():
             shutil.copy(tok_src / name, out / name)
     return out
@@ -211,8 +212,24 @@ def bench_qlora(workdir: Path, steps: int = 30, model_cfg: dict | None = None) -
                       "trainable_parameters": info["trainable_parameters"]}}
 
 
+def generation_tokenizer(workdir: Path, vocab: str = "mistral"):
+    """(tokenizer, folder) the generation benchmark runs with: ``mistral`` is Mistral-7B-v0.1's own SentencePiece
+    model (from mistral_common) with the course's [INST] template, as the GPU profiles tokenize; ``kurs-mini`` is
+    the vocabulary of the earlier measurements (docs/benchmarks-gpu-h100.json)."""
+    from transformers import AutoTokenizer
+
+    from . import chatformat, chunking, kursmini, testmodel
+
+    if vocab == "mistral":
+        folder = testmodel.write_tokenizer(workdir / "mistral-tokenizer", chat_template=chatformat.INST_TEMPLATE)
+        return AutoTokenizer.from_pretrained(folder), folder
+    if vocab == "kurs-mini":
+        return chunking.get_tokenizer(load_profile("mini")), kursmini.ensure()
+    raise ValueError(f"Unknown vocabulary '{vocab}': mistral or kurs-mini.")
+
+
 def bench_generation(workdir: Path, n_chunks: int = 64, max_tokens: int = OUTPUT_TOKENS,
-                     model_cfg: dict | None = None, engine_kw: dict | None = None) -> dict:
+                     model_cfg: dict | None = None, engine_kw: dict | None = None, vocab: str = "mistral") -> dict:
     """The course's generation step (schema-constrained, validated) vs raw vLLM on one engine configured
     exactly as the generation step configures it, on the same prompts:
 
@@ -231,13 +248,13 @@ def bench_generation(workdir: Path, n_chunks: int = 64, max_tokens: int = OUTPUT
     on_gpu = torch.cuda.is_available()
     profile = load_profile("h100" if on_gpu else "mini")  # mini: only to test this code on a CPU
     cfg = profile.dataset
-    tok = chunking.get_tokenizer(load_profile("mini"))  # the dummy 7B carries Kurs-Mini's tokenizer
+    tok, tok_dir = generation_tokenizer(workdir, vocab)
     chunks = chunking.chunk_documents(dataset.prepare_documents(), tok, cfg.chunk_max_tokens,
                                       cfg.chunk_overlap, progress=False)
     chosen = workunits.select_chunks(chunks, cfg.chunk_min_tokens, n_chunks)
-    # The grammar backend needs model and tokenizer vocabularies to agree: 7B shape, Kurs-Mini vocabulary.
+    # The grammar backend needs model and tokenizer vocabularies to agree: the dummy 7B carries the tokenizer.
     shape = {**MISTRAL_7B, **(model_cfg or {}), "vocab_size": len(tok)}
-    model_dir = make_model_dir(workdir / "mistral-7b-dummy-kmvocab", **shape)
+    model_dir = make_model_dir(workdir / f"mistral-7b-dummy-{vocab}", tokenizer_dir=tok_dir, **shape)
     extra = {"gpu_memory_utilization": 0.85} if on_gpu else {}
     llm = generation.make_generator(profile, model=str(model_dir), load_format="dummy", max_model_len=2048,
                                     **{**extra, **(engine_kw or {})})
@@ -258,7 +275,8 @@ def bench_generation(workdir: Path, n_chunks: int = 64, max_tokens: int = OUTPUT
     sequential_ = sequential(llm, seq_texts[:16], params=seq_params[:16])  # the step's own requests, one by one
     step = {**_rate(len(texts), gen_tokens, gen_seconds), "valid_records": len(records),
             "rejects": len(rejects), "min_tokens": min(lengths), "max_tokens": max(lengths),
-            "build_seconds": round(build_seconds, 3), "length_in_schema": cfg.length_in_schema}
+            "build_seconds": round(build_seconds, 3), "length_in_schema": cfg.length_in_schema, "vocab": vocab,
+            "vocab_size": len(tok)}
     return {"generation_step": step, "generation_raw": raw, "generation_raw_uniform": uniform,
             "generation_sequential": sequential_,
             "generation_ratio": round(step["tokens_per_s"] / raw["tokens_per_s"], 3)}
@@ -287,9 +305,11 @@ def bench_judge70b(workdir: Path, n_prompts: int = 256) -> dict:
         return {"judge70b": {"error": f"needs {v.tensor_parallel_size} GPUs, found {torch.cuda.device_count()}"}}
     model_dir = make_model_dir(workdir / "llama-70b-dummy", **LLAMA_70B)
     t0 = time.perf_counter()
+    # NCCL for the all-reduce: the first run (4 H200 of one host) stopped with "an illegal memory
+    # access" inside cublasGemmEx in both workers; vLLM's custom all-reduce relies on GPU peer access over CUDA IPC
     llm = LLM(model=str(model_dir), load_format="dummy", dtype="bfloat16", max_model_len=v.max_model_len,
               tensor_parallel_size=v.tensor_parallel_size, gpu_memory_utilization=v.gpu_memory_utilization,
-              max_num_seqs=v.max_num_seqs, seed=0)
+              max_num_seqs=v.max_num_seqs, seed=0, disable_custom_all_reduce=True)
     startup = round(time.perf_counter() - t0, 1)
     prompts = token_prompts(n_prompts, length=JUDGE_PROMPT_TOKENS)
     throughput(llm, prompts[:4], 8)   # warm-up
@@ -300,6 +320,7 @@ def bench_judge70b(workdir: Path, n_prompts: int = 256) -> dict:
         free, total = torch.cuda.mem_get_info(i)   # device-wide, includes the engine's worker processes
         used.append(round((total - free) / 2**30, 1))
     return {"judge70b": {"startup_s": startup, "tensor_parallel_size": v.tensor_parallel_size,
+                         "all_reduce": "nccl (custom all-reduce off)",
                          "prompt_tokens": JUDGE_PROMPT_TOKENS, "output_tokens": JUDGE_OUTPUT_TOKENS,
                          "batch": batch, "single": single,
                          "judgments_per_s": round(batch["requests"] / batch["seconds"], 2),

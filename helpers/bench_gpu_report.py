@@ -61,9 +61,12 @@ def generation_section(results: dict) -> list[str]:
               f"xgrammar, jede Ausgabe mit pydantic prüfen) erreicht {ratio:.0%} des rohen vLLM-Durchsatzes "
               f"auf denselben {step['requests']} Prompts mit denselben Output-Längen je Anfrage "
               f"(Ziel ≥ {GENERATION_MIN_RATIO:.0%}: {'erreicht' if ratio >= GENERATION_MIN_RATIO else 'verfehlt'}). "
-              "Das Modell hat hier die 7B-Form, aber das Vokabular von Kurs-Mini (die Grammatik braucht Modell und "
-              "Tokenizer mit gleichem Vokabular) und echte Chunk-Prompts: Seine Tokens/s sind deshalb nicht mit den "
-              "Zeilen zu vLLM offline oben vergleichbar, nur untereinander."),
+              + (f"Das Modell hat die 7B-Form und den echten Tokenizer von Mistral-7B-v0.1 ({step.get('vocab_size')} "
+                 "Tokens, mit dem `[INST]`-Template des Kurses), dazu echte Chunk-Prompts."
+                 if step.get("vocab") == "mistral" else
+                 "Das Modell hat hier die 7B-Form, aber das Vokabular von Kurs-Mini (die Grammatik braucht Modell und "
+                 "Tokenizer mit gleichem Vokabular) und echte Chunk-Prompts: Seine Tokens/s sind deshalb nicht mit "
+                 "den Zeilen zu vLLM offline oben vergleichbar, nur untereinander.")),
              ""]
     uniform = results.get("generation_raw_uniform")
     if uniform and step.get("min_tokens") != step.get("max_tokens"):

@@ -91,3 +91,19 @@ def test_decode_reads_every_weight_of_mistral_7b_once():
     assert share["limit_tokens_per_s"] == round(4.8e12 / report.decode_bytes_per_token(bench_gpu.MISTRAL_7B), 1)
     assert share["share"] == round(100.0 / share["limit_tokens_per_s"], 3)
     assert report.bandwidth_share(100.0, "Some Future GPU", bench_gpu.MISTRAL_7B) is None
+
+
+def test_generation_benchmark_carries_mistrals_own_tokenizer(tmp_path):
+    # the 7B dummy of `bench-gpu generation` tokenizes as Mistral-7B-v0.1 does (32,000 pieces) and has the
+    # course's [INST] template, so the grammar and the prompts see the vocabulary a workshop's model has
+    from transformers import AutoTokenizer
+
+    tok, folder = bench_gpu.generation_tokenizer(tmp_path, "mistral")
+    assert len(tok) == 32000 and tok.eos_token == "</s>"
+    model_dir = bench_gpu.make_model_dir(tmp_path / "dummy", tokenizer_dir=folder, vocab_size=len(tok))
+    again = AutoTokenizer.from_pretrained(model_dir)
+    text = "Wie beantrage ich Urlaub im Personalportal?"
+    assert again(text)["input_ids"] == tok(text)["input_ids"]
+    assert "[INST]" in again.apply_chat_template([{"role": "user", "content": text}], tokenize=False)
+    with pytest.raises(ValueError, match="Unknown vocabulary"):
+        bench_gpu.generation_tokenizer(tmp_path, "klingon")

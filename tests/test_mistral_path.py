@@ -38,6 +38,17 @@ def test_tokenizer_gets_course_template_and_pads_with_unk(mistral_dir):
     assert bug.pad_token_id == bug.eos_token_id == 2
 
 
+def test_model_folder_tokenizes_as_sentencepiece_does(mistral_dir):
+    # the folder has a Mistral config.json; loaded from it, the tokenizer still splits like Mistral's own
+    # SentencePiece model, "▁" before the first word included (a generic conversion dropped it)
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(testmodel.sentencepiece_file()))
+    tok = labels.load_tokenizer(str(mistral_dir))
+    for text in ("Wie beantrage ich Urlaub?", "Ärger mit der VPN: 3 Schritte, Ticket #4711.\nZweite Zeile."):
+        assert tok(text, add_special_tokens=False)["input_ids"] == sp.encode(text)
+
+
 def test_completion_only_labels_end_with_eos(mistral_dir):
     tok = labels.load_tokenizer(str(mistral_dir))
     ex = labels.encode(tok, _record(), 512)
@@ -79,10 +90,14 @@ def test_structured_output_grammar_compiles_for_the_mistral_vocabulary(mistral_d
     info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=32000)
     compiled = xgr.GrammarCompiler(info).compile_json_schema(json.dumps(generation.schema("factual")))
     matcher = xgr.GrammarMatcher(compiled)
+    def continuation(text):   # as the model writes it after the prompt: no SentencePiece "▁" before "{"
+        ids = tok("\n" + text, add_special_tokens=False)["input_ids"]
+        return ids[ids.index(tok.convert_tokens_to_ids("<0x0A>")) + 1:]
+
     good = json.dumps({"question": "Wie schnell reagiert die IT?", "answer": "In 30 Minuten."}, ensure_ascii=False)
-    assert all(matcher.accept_token(t) for t in tok(good, add_special_tokens=False)["input_ids"])
+    assert all(matcher.accept_token(t) for t in continuation(good))
     bad = xgr.GrammarMatcher(compiled)
-    assert not all(bad.accept_token(t) for t in tok('{"frage": 1}', add_special_tokens=False)["input_ids"])
+    assert not all(bad.accept_token(t) for t in continuation('{"frage": 1}'))
 
 
 def test_adapter_for_another_base_is_refused(tmp_path):
