@@ -1,10 +1,11 @@
 """Run one function in a fresh process and show its output here, line by line.
 
 On a GPU only a process exit gives everything back to the card: after ``training.train`` in a notebook's kernel
-2.8 GB stayed in use on the l4 dress rehearsal (a 7B NF4 model, two adapters trained), the engine started next
-asked for 21.6 of the card's 24 GB, and the card would have refused it. Part of it is held by bitsandbytes'
-global optimizer manager (the Trainer registers every embedding module there for its 8-bit optimizers), the rest
-is the caching allocator's segments around such survivors. A training process of its own leaves nothing.
+6.1-6.8 GB stayed in use on the l4 dress rehearsal (7B NF4), the engine started next asked for 21.6 of the card's
+24 GB, and the card would have refused it. Measured after one training: 0.55 GB of live tensors (the float32
+embedding, which the Trainer registers with bitsandbytes' global optimizer manager for its 8-bit optimizers) and
+4.29 GB of caching-allocator segments around such survivors; expandable segments still left 2.8 GB after two
+trainings. A training process of its own left 0.6 GB in use, as before it started (docs/gpu-regression.md).
 """
 
 from __future__ import annotations
