@@ -263,7 +263,7 @@ BENCHMARKS = {"course": bench_course, "notebooks": bench_notebooks_01_02, "model
               "router": bench_ab_router}
 
 
-PROFILED = {"router": "mini"}   # benchmarks that also run on another profile (`bench router --profile gpu-smoke`)
+PROFILED = ("router",)   # benchmarks that also run on another profile (`bench router --profile gpu-smoke`)
 
 
 def run(names: list[str] | None = None, profile=None) -> dict:

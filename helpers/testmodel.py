@@ -102,12 +102,12 @@ def write_tokenizer(out_dir: str | Path, chat_template: str | None = None) -> Pa
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (out / "special_tokens_map.json").write_text(json.dumps(
         {k: TOKENIZER_CONFIG[k] for k in ("bos_token", "eos_token", "unk_token")}, indent=2) + "\n", encoding="utf-8")
-    # tokenizer.json, converted from the SentencePiece model while the folder has no config.json: with a Mistral
-    # config.json beside it transformers would build a generic tokenizer that drops SentencePiece's "▁" before
-    # the first word ("Wie" -> W, ie instead of ▁W, ie), unlike Mistral-7B-v0.1's own tokenizer.json
-    from transformers import AutoTokenizer
+    # tokenizer.json, converted by the Llama class from the SentencePiece model: with only tokenizer.model beside
+    # a Mistral config.json, AutoTokenizer builds a generic tokenizer that drops SentencePiece's "▁" before the
+    # first word ("Wie" -> W, ie instead of ▁W, ie), unlike Mistral-7B-v0.1's own tokenizer.json
+    from transformers import LlamaTokenizer
 
-    AutoTokenizer.from_pretrained(out).backend_tokenizer.save(str(out / "tokenizer.json"))
+    LlamaTokenizer.from_pretrained(out).backend_tokenizer.save(str(out / "tokenizer.json"))
     return out
 
 
