@@ -300,7 +300,7 @@ def cmd_bench(args) -> int:
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         raise ValueError(f"Unknown benchmark(s) {', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}.")
-    named = getattr(args.profile, "name", "mini")
+    named = args.profile.name
     if named != "mini" and set(args.names or BENCHMARKS) - set(PROFILED):
         raise ValueError(f"--profile {named} applies to {', '.join(PROFILED)} only: name that benchmark "
                          f"(`python -m helpers bench router --profile {named}`).")

@@ -29,8 +29,10 @@ def bandwidth_share(tokens_per_s: float, gpu: str, shape: dict) -> dict | None:
     tb_s = next((v for k, v in BANDWIDTH_TB_S.items() if k in gpu), None)
     if tb_s is None:
         return None
-    limit = tb_s * 1e12 / decode_bytes_per_token(shape)
-    return {"bandwidth_tb_s": tb_s, "limit_tokens_per_s": round(limit, 1), "share": round(tokens_per_s / limit, 3)}
+    per_token = decode_bytes_per_token(shape)
+    limit = tb_s * 1e12 / per_token
+    return {"bandwidth_tb_s": tb_s, "bytes_per_token": per_token, "limit_tokens_per_s": round(limit, 1),
+            "share": round(tokens_per_s / limit, 3)}
 
 
 def decode_section(results: dict) -> list[str]:
@@ -44,7 +46,7 @@ def decode_section(results: dict) -> list[str]:
     ok = share["share"] >= DECODE_MIN_BANDWIDTH_SHARE
     return ["## Batch 1 gegen die Speicherbandbreite", "",
             (f"Ein Decode-Schritt mit Batch 1 liest jede Gewichtsmatrix einmal: "
-             f"{decode_bytes_per_token(MISTRAL_7B) / 1e9:.2f} GB in bfloat16. Bei {share['bandwidth_tb_s']} TB/s "
+             f"{share['bytes_per_token'] / 1e9:.2f} GB in bfloat16. Bei {share['bandwidth_tb_s']} TB/s "
              f"({gpu}, Datenblatt) sind höchstens {share['limit_tokens_per_s']} Tokens/s möglich; gemessen "
              f"(CUDA Graphs) {rec['tokens_per_s']} Tokens/s = {share['share']:.0%} der Grenze (Ziel ≥ "
              f"{DECODE_MIN_BANDWIDTH_SHARE:.0%}: {'erreicht' if ok else 'verfehlt'}). Die Messung enthält das "
