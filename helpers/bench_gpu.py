@@ -327,6 +327,26 @@ def bench_judge70b(workdir: Path, n_prompts: int = 256) -> dict:
                          "memory_used_gib_per_gpu": used, "gpu": torch.cuda.get_device_name(0)}}
 
 
+def memory_bandwidth(gigabytes: float = 4.0, repeats: int = 20) -> dict:
+    """What this card's memory actually delivers: a device-to-device copy of ``gigabytes`` (each copy reads and
+    writes every byte), the practical ceiling beside the data sheet's figure for the batch-1 decode."""
+    import torch
+
+    n = int(gigabytes * 1e9) // 2
+    src = torch.empty(n, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    moved = 2 * src.numel() * src.element_size() * repeats
+    return {"bytes_moved": moved, "seconds": round(seconds, 4), "tb_s": round(moved / seconds / 1e12, 3)}
+
+
 def bench_vllm(workdir: Path, parts: list[str], n_prompts: int = 256, model_cfg: dict | None = None,
                engine_kw: dict | None = None, max_tokens: int = OUTPUT_TOKENS) -> dict:
     """Raw offline throughput, sequential loop, CUDA graphs vs eager, and LoRA 0/1/4 adapters."""
@@ -338,6 +358,8 @@ def bench_vllm(workdir: Path, parts: list[str], n_prompts: int = 256, model_cfg:
 
     if "judge-70b" in parts:
         return bench_judge70b(workdir, n_prompts)
+    if "membw" in parts:
+        return {"membw": memory_bandwidth()}
     if "qlora" in parts:
         return bench_qlora(workdir, steps=max(2, n_prompts // 8), model_cfg=model_cfg)
     if "generation" in parts:
@@ -392,7 +414,7 @@ def bench_vllm(workdir: Path, parts: list[str], n_prompts: int = 256, model_cfg:
     return results
 
 
-PARTS = ("eager", "graphs", "lora", "lora-tuned", "generation", "qlora")
+PARTS = ("eager", "graphs", "membw", "lora", "lora-tuned", "generation", "qlora")
 EXTRA_PARTS = ("judge-70b",)   # needs 2 GPUs; only run when named
 RESULTS = paths.ROOT / "docs" / "benchmarks-gpu.json"  # the committed measurements behind docs/benchmarks.md
 

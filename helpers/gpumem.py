@@ -171,10 +171,36 @@ def release_cached() -> None:
         pass
 
 
+SCOPE_ENV = "COURSE_GPU_SCOPE"   # set by `rehearsal run --shared-gpu`: count only this lane's processes
+
+
+def process_scope(pid: int) -> str | None:
+    """The ``COURSE_GPU_SCOPE`` value in a process's environment (None: not set, gone or not readable)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    prefix = SCOPE_ENV.encode() + b"="
+    for item in raw.split(b"\0"):
+        if item.startswith(prefix):
+            return item[len(prefix):].decode(errors="replace")
+    return None
+
+
+def scoped_used_bytes(processes: list[tuple[int, int]], scope: str) -> int:
+    """Sum of ``(pid, used_bytes)`` over the processes whose environment carries ``scope``.
+
+    Several dress-rehearsal lanes share one large GPU: each lane (its notebook kernel, engine processes,
+    ``vllm serve``, training child -- all inherit the variable) counts only its own memory, as on its own card.
+    """
+    return sum(used for pid, used in processes if process_scope(pid) == scope)
+
+
 def gpu_used_bytes() -> int | None:
     """Used memory of this process's GPU 0 as ``nvidia-smi`` counts it (all processes); None without NVML.
 
-    NVML numbers all GPUs; torch's GPU 0 is the first one ``CUDA_VISIBLE_DEVICES`` names.
+    NVML numbers all GPUs; torch's GPU 0 is the first one ``CUDA_VISIBLE_DEVICES`` names. With
+    ``COURSE_GPU_SCOPE`` set, only the processes of that scope count (``scoped_used_bytes``).
     """
     import os
 
@@ -184,9 +210,37 @@ def gpu_used_bytes() -> int | None:
 
         pynvml.nvmlInit()
         handle = pynvml.nvmlDeviceGetHandleByIndex(int(first) if first.isdigit() else 0)
+        scope = os.environ.get(SCOPE_ENV)
+        if scope:
+            procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            return scoped_used_bytes([(p.pid, int(p.usedGpuMemory or 0)) for p in procs], scope)
         return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
     except Exception:  # noqa: BLE001 - no NVML, no driver, no GPU: nothing to measure
         return None
+
+
+def start_engine(start: Callable[[], Any], what: str, retries: int = 2, wait_s: float = 10.0) -> Any:
+    """Run ``start()`` (an engine or server start); on a GPU shared by rehearsal lanes retry a failed start.
+
+    vLLM measures its memory at start-up from the card's free memory and stops ("Error in memory profiling")
+    when another process frees memory meanwhile -- on a GPU shared by several lanes that is another lane, not
+    a fault of this one. Outside ``COURSE_GPU_SCOPE`` a failure is raised at once.
+    """
+    import os
+    import time
+
+    attempts = 1 + (retries if os.environ.get(SCOPE_ENV) else 0)
+    for attempt in range(1, attempts + 1):
+        try:
+            return start()
+        except GPUMemoryError:
+            raise                       # the emulated card's own refusal is the result, not a race
+        except Exception as exc:  # noqa: BLE001 - re-raised on the last attempt
+            if attempt == attempts:
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            print(f"{what}: start {attempt} failed on the shared GPU ({first}); retrying in {wait_s:g} s", flush=True)
+            time.sleep(wait_s)
 
 
 def check_emulated_card(profile: Profile, requested_share: float | None, used_bytes: int | None = None,

@@ -88,7 +88,7 @@ def make_llm(profile: Profile, model: str | None = None, enable_lora: bool = Fal
     gpumem.check_emulated_card(profile, kwargs.get("gpu_memory_utilization"))
     t0 = time.time()
     with gpumem.advise(lambda: gpumem.inference_advice(profile, kwargs)):
-        llm = LLM(**kwargs)
+        llm = gpumem.start_engine(lambda: LLM(**kwargs), "vLLM engine")
     llm.startup_seconds = round(time.time() - t0, 1)
     gpumem.record_engine_start("offline", llm.startup_seconds, str(kwargs["model"]))
     return llm

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from . import io
+from . import gpumem, io
 from .errors import HelpersError
 from .profiles import EXTRA_PROFILES_ENV, Profile, _raw_profiles
 
@@ -152,13 +152,19 @@ def prepare(profile: Profile, out_dir: str | Path) -> Path:
 
 
 def run(profile: Profile, out_dir: str | Path, start: str | None = None, only: list[str] | None = None,
-        run_dir: str | Path | None = None) -> Path:
-    """Run the notebooks on ``<profile>-rehearsal`` (metrics are not checked: the weights are random)."""
+        run_dir: str | Path | None = None, shared_gpu: bool = False) -> Path:
+    """Run the notebooks on ``<profile>-rehearsal`` (metrics are not checked: the weights are random).
+
+    ``shared_gpu``: several lanes run on one large GPU; memory is counted per lane (the run folder names the
+    lane's scope, ``gpumem.SCOPE_ENV``), and an engine start that another lane disturbed is retried.
+    """
     from . import course
 
     profiles_file = prepare(profile, out_dir)
     os.environ[EXTRA_PROFILES_ENV] = str(profiles_file)
     run_dir = Path(run_dir) if run_dir else Path(out_dir) / f"run-{profile.name}"
+    if shared_gpu:
+        os.environ[gpumem.SCOPE_ENV] = str(run_dir.resolve())
     try:
         # every notebook is tried: one failure (e.g. 07 with random weights) does not hide the others' results
         course.run_course(rehearsal_name(profile.name), only=only, start=start, run_dir=run_dir, check=False,
@@ -212,6 +218,8 @@ def add_cli(sub, profile: Profile) -> None:
     p.add_argument("--only", nargs="+", default=None, help="notebook ids")
     p.add_argument("--run-dir", default=None,
                    help="run folder (default OUT/run-PROFILE); separate folders let one profile run on several GPUs")
+    p.add_argument("--shared-gpu", action="store_true",
+                   help="this lane shares its GPU with other lanes: count only its own processes' memory")
     p.set_defaults(func=cmd_rehearsal)
 
 
@@ -224,6 +232,6 @@ def cmd_rehearsal(args) -> int:
     if args.action == "summary":
         print(json.dumps(summary(run_dir, profile), indent=1))
         return 0
-    run_dir = run(profile, args.out, start=args.start, only=args.only, run_dir=run_dir)
+    run_dir = run(profile, args.out, start=args.start, only=args.only, run_dir=run_dir, shared_gpu=args.shared_gpu)
     print(json.dumps(io.read_json(run_dir / "rehearsal.json"), indent=1))
     return 0

@@ -127,14 +127,19 @@ class LoopbackServer:
                 f"and stop the process holding it: `ss -ltnp 'sport = :{self.port}'`.")
         env = self.environment()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "w", encoding="utf-8")
+
+        def launch() -> None:
+            log = open(self.log_path, "w", encoding="utf-8")
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True, preexec_fn=_die_with_parent)
+            log.close()
+            _RUNNING.append(self)
+            if wait:
+                self.wait_healthy(timeout or self.default_timeout())
+
         t0 = time.time()
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
-        log.close()
-        _RUNNING.append(self)
+        gpumem.start_engine(launch, self.name)
         if wait:
-            self.wait_healthy(timeout or self.default_timeout())
             self.startup_seconds = round(time.time() - t0, 1)
             gpumem.record_engine_start(self.name, self.startup_seconds)
         return self

@@ -93,6 +93,20 @@ def test_decode_reads_every_weight_of_mistral_7b_once():
     assert report.bandwidth_share(100.0, "Some Future GPU", bench_gpu.MISTRAL_7B) is None
 
 
+def test_decode_section_sets_the_measured_copy_bandwidth_beside_the_data_sheet():
+    from helpers import bench_gpu_report as report
+
+    per_token = report.decode_bytes_per_token(bench_gpu.MISTRAL_7B)
+    results = {"environment": {"gpu": "NVIDIA H200"}, "prompt_tokens": 512,
+               "graphs": {"batch_1": {"tokens_per_s": 200.0}}}
+    plain = " ".join(report.decode_section(results))
+    assert "Kopie" not in plain
+    results["membw"] = {"tb_s": 4.0, "seconds": 1.0, "bytes_moved": 4 * 10 ** 12}
+    text = " ".join(report.decode_section(results))
+    limit = 4.0e12 / per_token
+    assert f"{limit:.1f} Tokens/s" in text and f"{200.0 / limit:.0%}" in text and "83% des Datenblatts" in text
+
+
 def test_generation_benchmark_carries_mistrals_own_tokenizer(tmp_path):
     # the 7B dummy of `bench-gpu generation` tokenizes as Mistral-7B-v0.1 does (32,000 pieces) and has the
     # course's [INST] template, so the grammar and the prompts see the vocabulary a workshop's model has

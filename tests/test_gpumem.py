@@ -134,3 +134,52 @@ def test_release_cached_collects_what_training_left():
     finally:
         gc.enable()
     assert ref() is None
+
+
+def test_a_shared_gpu_lane_counts_only_the_processes_of_its_scope():
+    """Rehearsal lanes on one GPU: a process counts when its environment carries the lane's scope (read from
+    /proc, as for the engine, server and training processes a lane starts); others are another lane's."""
+    import os
+
+    env = dict(os.environ, **{gpumem.SCOPE_ENV: "/runs/lane-a"})
+    other = dict(os.environ, **{gpumem.SCOPE_ENV: "/runs/lane-b"})
+    sleep = [sys.executable, "-c", "import time; time.sleep(30)"]
+    a, b = subprocess.Popen(sleep, env=env), subprocess.Popen(sleep, env=other)
+    try:
+        assert gpumem.process_scope(a.pid) == "/runs/lane-a"
+        procs = [(a.pid, 700), (b.pid, 300), (os.getpid(), 50), (2 ** 22 + 7, 999)]   # last: no such process
+        assert gpumem.scoped_used_bytes(procs, "/runs/lane-a") == 700
+        assert gpumem.scoped_used_bytes(procs, "/runs/lane-b") == 300
+        assert gpumem.scoped_used_bytes(procs, "/runs/lane-c") == 0
+    finally:
+        a.kill(), b.kill()
+
+
+def test_an_engine_start_is_retried_only_on_a_shared_gpu(monkeypatch, capsys):
+    """Another lane freeing memory while vLLM profiles its start stops that start (a race this machine cannot
+    cause on purpose): on a shared GPU the start is retried; alone on a card the first failure is the answer,
+    and the emulated card's refusal is never retried."""
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise AssertionError("Error in memory profiling. Initial free memory 80 GiB, current free memory 90 GiB.")
+        return "engine"
+
+    monkeypatch.delenv(gpumem.SCOPE_ENV, raising=False)
+    with pytest.raises(AssertionError, match="memory profiling"):
+        gpumem.start_engine(flaky, "vLLM engine", wait_s=0)
+    calls.clear()
+    monkeypatch.setenv(gpumem.SCOPE_ENV, "/runs/lane-a")
+    assert gpumem.start_engine(flaky, "vLLM engine", wait_s=0) == "engine" and len(calls) == 2
+    assert "retrying" in capsys.readouterr().out
+
+    def refused():
+        calls.append(1)
+        raise gpumem.GPUMemoryError("the real card would refuse the start")
+
+    calls.clear()
+    with pytest.raises(gpumem.GPUMemoryError):
+        gpumem.start_engine(refused, "vLLM engine", wait_s=0)
+    assert len(calls) == 1
