@@ -219,6 +219,32 @@ def gpu_used_bytes() -> int | None:
         return None
 
 
+SHARED_GPU_ACTIVATION_BYTES = 2 * 2**30   # activation peak + non-torch memory of a 7B engine, set aside from the KV
+
+
+def shared_gpu_kv_bytes(profile: Profile, model_dir: str | Path, utilization: float | None) -> int | None:
+    """On a GPU shared by rehearsal lanes: the KV cache size to give vLLM instead of letting it measure.
+
+    vLLM sizes its KV cache from the change in the card's free memory during a profiling pass; another lane
+    allocating or freeing meanwhile makes that size wrong in either direction (measured: an l4 lane held
+    37 GB of its 24 GB card) or stops the start. Here the KV cache is what the emulated card leaves: the
+    engine's share of the card minus the weights minus ``SHARED_GPU_ACTIVATION_BYTES``. None outside a shared
+    GPU, for a model that is not a local folder, or when nothing would be left.
+    """
+    import os
+
+    if not (os.environ.get(SCOPE_ENV) and profile.emulate_card and profile.card_gb and utilization):
+        return None
+    weights = weight_bytes(model_dir)
+    if weights is None:
+        return None
+    total = gpu_memory_bytes()
+    if not total:
+        return None
+    kv = int(utilization * total - weights - SHARED_GPU_ACTIVATION_BYTES)
+    return kv if kv > 0 else None
+
+
 def start_engine(start: Callable[[], Any], what: str, retries: int = 2, wait_s: float = 10.0) -> Any:
     """Run ``start()`` (an engine or server start); on a GPU shared by rehearsal lanes retry a failed start.
 

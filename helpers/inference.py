@@ -84,6 +84,9 @@ def make_llm(profile: Profile, model: str | None = None, enable_lora: bool = Fal
 
     kwargs = engine_kwargs(profile, model, enable_lora, **overrides)
     kwargs.setdefault("use_tqdm_on_load", False)    # no checkpoint-shard bar in the notebook (logs.route)
+    kv_bytes = gpumem.shared_gpu_kv_bytes(profile, kwargs["model"], kwargs.get("gpu_memory_utilization"))
+    if kv_bytes:                                     # rehearsal lanes sharing a GPU: no profiling race
+        kwargs["kv_cache_memory_bytes"] = kv_bytes
     gpumem.check_weights_fit(profile, kwargs["model"], engine_kwargs=kwargs)
     gpumem.check_emulated_card(profile, kwargs.get("gpu_memory_utilization"))
     t0 = time.time()

@@ -42,9 +42,16 @@ class GeneratorConfig:
     length_in_schema: bool
 
     def apply(self, profile: Profile) -> Profile:
+        """The profile with this configuration. Bounding the lengths in the grammar on a profile that only checks
+        them in QC (the GPU profiles) also raises ``qa_max_tokens`` to what a bounded answer may need
+        (``generation.token_budget``), so the grammar can always close the JSON."""
+        dataset = dataclasses.replace(profile.dataset, length_in_schema=self.length_in_schema)
+        need = generation.token_budget(dataset)
+        if need is not None and dataset.qa_max_tokens < need:
+            dataset = dataclasses.replace(dataset, qa_max_tokens=need)
         return dataclasses.replace(
             profile, generation=dataclasses.replace(profile.generation, temperature=self.temperature),
-            dataset=dataclasses.replace(profile.dataset, length_in_schema=self.length_in_schema))
+            dataset=dataset)
 
     def is_own(self, profile: Profile) -> bool:
         return (self.temperature, self.length_in_schema) == (profile.generation.temperature,

@@ -237,6 +237,10 @@ class VLLMServer(LoopbackServer):
         if self.profile.chat_template or chatformat.lacks_template(model):   # a base model: the course's template
             template = str(chatformat.template_file(Path(tempfile.gettempdir()) / "souveraene-llms"))
         cmd += engine_flags(self.profile, enable_lora=bool(self.adapters), chat_template=template)
+        share = inference.engine_kwargs(self.profile, model="-").get("gpu_memory_utilization")
+        kv_bytes = gpumem.shared_gpu_kv_bytes(self.profile, model, share)
+        if kv_bytes:                                 # rehearsal lanes sharing a GPU: no profiling race
+            cmd += ["--kv-cache-memory-bytes", str(kv_bytes)]
         if self.adapters:
             cmd += ["--lora-modules"] + [f"{name}={path}" for name, path in self.adapters.items()]
         return cmd + self.extra_args

@@ -1,8 +1,10 @@
 """Post 07.2: blind judging keyed by id, paired statistics by chunk, verdicts that follow the interval."""
 
+import dataclasses
+
 import pytest
 
-from helpers import modelcompare, stats
+from helpers import generation, modelcompare, stats
 from helpers.profiles import load_profile
 
 
@@ -67,6 +69,19 @@ def test_the_second_configuration_changes_one_setting():
         modelcompare.default_configs(mini, "temperature", 0.9)
     gpu = modelcompare.default_configs(load_profile("l4"), "temperature", 0.9)
     assert [c.name for c in gpu] == ["greedy", "t0.9"]
+
+
+def test_bounding_lengths_on_a_gpu_profile_gives_the_grammar_room_to_close_the_json():
+    # l4 checks lengths in QC with 256 output tokens; bounded in the grammar, an answer may need more (the GPU
+    # dress rehearsal of 07.2 stopped at generation.check_budget before this)
+    l4 = load_profile("l4")
+    first, bounded = modelcompare.default_configs(l4)
+    assert first.apply(l4).dataset == l4.dataset
+    cfg = bounded.apply(l4).dataset
+    assert cfg.length_in_schema and cfg.qa_max_tokens == generation.token_budget(cfg) > l4.dataset.qa_max_tokens
+    generation.check_budget(cfg, "l4")
+    with pytest.raises(generation.GenerationError, match="qa_max_tokens"):
+        generation.check_budget(dataclasses.replace(l4.dataset, length_in_schema=True), "l4")
 
 
 def test_the_series_comparison_is_no_difference():

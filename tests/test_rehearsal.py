@@ -164,3 +164,28 @@ def test_a_rewritten_profiles_file_is_read_again(extra, tmp_path):
     rehearsal.write_profile("l4", l4, tmp_path)              # a second rehearsal adds its profile to the file
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
     assert load_profile("l4-rehearsal").card_gb == 24 and load_profile("t4-rehearsal").card_gb == 16
+
+
+def test_lanes_sharing_a_gpu_give_vllm_the_kv_cache_the_card_leaves(extra, tmp_path, monkeypatch):
+    """On a GPU shared by lanes vLLM's own measurement races the other lanes (it sized an l4 lane's KV cache
+    to 37 GB of a 24 GB card); the KV cache is then set from the card instead, and only there."""
+    from helpers import serve
+
+    reh = load_profile("t4-rehearsal")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"\0" * 4096)
+    monkeypatch.setattr(gpumem, "gpu_memory_bytes", lambda: H200)   # the H200 this machine lacks
+    share = 0.85 * 16e9 / H200
+    monkeypatch.delenv(gpumem.SCOPE_ENV, raising=False)
+    assert gpumem.shared_gpu_kv_bytes(reh, folder, share) is None          # one lane per card: vLLM measures
+    monkeypatch.setenv(gpumem.SCOPE_ENV, str(tmp_path / "lane"))
+    kv = gpumem.shared_gpu_kv_bytes(reh, folder, share)
+    assert kv == int(share * H200 - 4096 - gpumem.SHARED_GPU_ACTIVATION_BYTES)
+    assert gpumem.shared_gpu_kv_bytes(load_profile("t4"), folder, 0.85) is None   # the workshop profile itself
+    assert gpumem.shared_gpu_kv_bytes(reh, tmp_path / "no-such-model", share) is None
+    monkeypatch.setattr(profiles.Profile, "card_share", lambda self, total=None: 16e9 / H200)
+    monkeypatch.setattr(inference, "model_dir", lambda profile: str(folder))
+    cmd = serve.VLLMServer(reh, port=8123).command()
+    assert cmd[cmd.index("--kv-cache-memory-bytes") + 1] == str(
+        gpumem.shared_gpu_kv_bytes(reh, folder, inference.engine_kwargs(reh, model="-")["gpu_memory_utilization"]))
