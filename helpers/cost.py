@@ -21,7 +21,7 @@ class CostInputs:
     api_eur_per_m_output: float = 0.60    # ... and per 1M output tokens
     gpu_eur_per_hour: float = 2.50        # rented GPU (or amortised own hardware + power)
     gpus: int = 1
-    output_tokens_per_s: float = 9678.8   # measured batch throughput (docs/benchmarks-gpu.json, see measured_throughput)
+    output_tokens_per_s: float = 8545.4   # measured batch throughput (docs/benchmarks-gpu.json, see measured_throughput)
     utilization: float = 0.5              # share of the hours the GPU actually does useful work
     always_on: bool = True                # pay all hours of the month, not just busy ones
     ops_eur_per_month: float = 1500.0     # share of an engineer who runs the platform
