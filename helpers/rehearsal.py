@@ -156,7 +156,8 @@ def run(profile: Profile, out_dir: str | Path, start: str | None = None, only: l
     """Run the notebooks on ``<profile>-rehearsal`` (metrics are not checked: the weights are random).
 
     ``shared_gpu``: several lanes run on one large GPU; memory is counted per lane (the run folder names the
-    lane's scope, ``gpumem.SCOPE_ENV``), and an engine start that another lane disturbed is retried.
+    lane's scope, ``gpumem.SCOPE_ENV``), vLLM gets its KV cache from the emulated card instead of measuring the
+    shared GPU (``gpumem.shared_gpu_kv_bytes``), and an engine start that failed anyway is retried.
     """
     from . import course
 
@@ -219,7 +220,8 @@ def add_cli(sub, profile: Profile) -> None:
     p.add_argument("--run-dir", default=None,
                    help="run folder (default OUT/run-PROFILE); separate folders let one profile run on several GPUs")
     p.add_argument("--shared-gpu", action="store_true",
-                   help="this lane shares its GPU with other lanes: count only its own processes' memory")
+                   help="this lane shares its GPU with other lanes: count only its own processes' memory and "
+                        "give vLLM its KV cache from the emulated card")
     p.set_defaults(func=cmd_rehearsal)
 
 
