@@ -48,6 +48,9 @@ def engine_kwargs(profile: Profile, model: str | None = None, enable_lora: bool 
     if v.gpu_memory_utilization or share < 1.0:
         # emulate_card (dress rehearsal): the profile's share of the emulated card, as a share of this GPU
         kwargs["gpu_memory_utilization"] = round((v.gpu_memory_utilization or 0.9) * share, 4)
+    kv_bytes = gpumem.shared_gpu_kv_bytes(profile, kwargs["model"], kwargs.get("gpu_memory_utilization"))
+    if kv_bytes:   # rehearsal lanes sharing a GPU: vLLM's own measurement of free memory would race the others
+        kwargs["kv_cache_memory_bytes"] = kv_bytes
     if v.quantization:
         kwargs["quantization"] = v.quantization
     if v.tensor_parallel_size > 1:
@@ -84,9 +87,6 @@ def make_llm(profile: Profile, model: str | None = None, enable_lora: bool = Fal
 
     kwargs = engine_kwargs(profile, model, enable_lora, **overrides)
     kwargs.setdefault("use_tqdm_on_load", False)    # no checkpoint-shard bar in the notebook (logs.route)
-    kv_bytes = gpumem.shared_gpu_kv_bytes(profile, kwargs["model"], kwargs.get("gpu_memory_utilization"))
-    if kv_bytes:                                     # rehearsal lanes sharing a GPU: no profiling race
-        kwargs["kv_cache_memory_bytes"] = kv_bytes
     gpumem.check_weights_fit(profile, kwargs["model"], engine_kwargs=kwargs)
     gpumem.check_emulated_card(profile, kwargs.get("gpu_memory_utilization"))
     t0 = time.time()

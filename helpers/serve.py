@@ -65,20 +65,25 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-def engine_flags(profile: Profile, enable_lora: bool = False, chat_template: str | None = None) -> list[str]:
+def engine_flags(profile: Profile, enable_lora: bool = False, chat_template: str | None = None,
+                 model: str = "-") -> list[str]:
     """The profile's engine settings as ``vllm serve`` flags: what ``helpers serve`` passes, and what the
     Kubernetes manifests must deploy for the profile they mirror (``manifests.profile_mismatches``).
 
     A profile with ``chat_template: course-inst`` (a base model without template) adds ``--chat-template``
     with the course's ``[INST]`` template file (``chat_template``: its path; default the manifests' mount).
+    ``model``: the local folder being served (the manifests compare without one); on a GPU shared by rehearsal
+    lanes it sizes ``--kv-cache-memory-bytes`` (``gpumem.shared_gpu_kv_bytes``).
     """
-    kw = inference.engine_kwargs(profile, model="-", enable_lora=enable_lora)
+    kw = inference.engine_kwargs(profile, model=model, enable_lora=enable_lora)
     flags = ["--dtype", kw["dtype"], "--max-model-len", str(kw["max_model_len"]),
              "--max-num-seqs", str(kw["max_num_seqs"]), "--seed", str(kw["seed"])]
     if kw.get("enforce_eager"):
         flags.append("--enforce-eager")
     if kw.get("gpu_memory_utilization"):
         flags += ["--gpu-memory-utilization", str(kw["gpu_memory_utilization"])]
+    if kw.get("kv_cache_memory_bytes"):      # only for a local model on a GPU shared by rehearsal lanes
+        flags += ["--kv-cache-memory-bytes", str(kw["kv_cache_memory_bytes"])]
     if kw.get("quantization"):
         flags += ["--quantization", kw["quantization"]]
     if kw.get("tensor_parallel_size", 1) > 1:
@@ -236,11 +241,7 @@ class VLLMServer(LoopbackServer):
         template = None
         if self.profile.chat_template or chatformat.lacks_template(model):   # a base model: the course's template
             template = str(chatformat.template_file(Path(tempfile.gettempdir()) / "souveraene-llms"))
-        cmd += engine_flags(self.profile, enable_lora=bool(self.adapters), chat_template=template)
-        share = inference.engine_kwargs(self.profile, model="-").get("gpu_memory_utilization")
-        kv_bytes = gpumem.shared_gpu_kv_bytes(self.profile, model, share)
-        if kv_bytes:                                 # rehearsal lanes sharing a GPU: no profiling race
-            cmd += ["--kv-cache-memory-bytes", str(kv_bytes)]
+        cmd += engine_flags(self.profile, enable_lora=bool(self.adapters), chat_template=template, model=model)
         if self.adapters:
             cmd += ["--lora-modules"] + [f"{name}={path}" for name, path in self.adapters.items()]
         return cmd + self.extra_args
