@@ -8,6 +8,7 @@ Everything runs in one process so the numbers are comparable; results go to docs
 from __future__ import annotations
 
 import json
+import os
 import platform
 import random
 import shutil
@@ -290,41 +291,94 @@ JUDGE_PROMPT_TOKENS = 600    # rubric + context + question + answer of notebook 
 JUDGE_OUTPUT_TOKENS = 64     # rationale (<= 160 characters) + verdict as JSON
 
 
-def bench_judge70b(workdir: Path, n_prompts: int = 256) -> dict:
-    """Judgments/s and memory per GPU of the ``judge-70b`` profile at the real 70B shape (random weights).
+JUDGE_PARTS = {"judge-l4": "l4", "judge-t4": "t4", "judge-70b": "judge-70b"}   # bench part -> profile
 
-    Not yet run on a GPU when written: the engine settings come from the profile (tensor_parallel_size 2);
-    fixed-length outputs (``ignore_eos``) stand in for judgments, since random weights write no valid JSON.
+
+def judge_model_dir(workdir: Path, profile) -> tuple[Path, dict]:
+    """A random-weight stand-in of the profile's judge model at its real shape, and the engine keywords it needs.
+
+    70B (bf16): config only, vLLM's dummy loader fills the weights. 8B AWQ (l4, t4): random packed 4-bit weights
+    written by ``testmodel.build_awq``, as the dress rehearsal serves them."""
+    from . import chatformat, rehearsal, testmodel
+
+    if profile.name == "judge-70b":
+        return make_model_dir(workdir / "llama-70b-dummy", **LLAMA_70B), {"load_format": "dummy"}
+    kind = rehearsal.model_kind(profile.judge_model)
+    path = workdir / f"judge-{kind}"
+    if not (path / "testmodel.json").is_file():
+        if kind == "llama8b-awq":
+            testmodel.build_awq(path, dict(testmodel.LLAMA31_8B), device="cuda", chat_template=chatformat.INST_TEMPLATE)
+        else:
+            testmodel.build_config(path, dict(testmodel.LLAMA31_8B), device="cuda",
+                                   chat_template=chatformat.INST_TEMPLATE)
+    return path, {}
+
+
+def card_settings(profile, model_dir: Path, total_bytes: int) -> dict:
+    """On a GPU larger than the profile's card: the engine's share of the card as a share of this GPU, and the
+    KV cache the card would leave (that share minus weights minus the activation reserve), so the engine holds
+    no more than on the card itself and does not size its cache from a GPU other work may share. Empty on a GPU
+    of the card's size."""
+    from . import gpumem
+
+    if not profile.card_gb or total_bytes <= profile.card_gb * 1e9 * 1.05:
+        return {}
+    engine = (profile.vllm.gpu_memory_utilization or 0.9) * profile.card_gb * 1e9
+    kv = int(engine - (gpumem.weight_bytes(model_dir) or 0) - gpumem.SHARED_GPU_ACTIVATION_BYTES)
+    if kv <= 0:
+        raise ValueError(f"The judge model in {model_dir} leaves no KV cache on profile '{profile.name}''s "
+                         f"{profile.card_gb:g} GB card.")
+    return {"gpu_memory_utilization": round(engine / total_bytes, 4), "kv_cache_memory_bytes": kv}
+
+
+def bench_judge(workdir: Path, part: str, n_prompts: int = 256) -> dict:
+    """Judgments/s and GPU memory of a profile's judge engine at the real model shape (random weights).
+
+    The engine keywords are the course's own (``inference.engine_kwargs``: dtype, length, batch, quantization,
+    tensor parallelism). Fixed-length outputs (``ignore_eos``) stand in for judgments, since random weights write
+    no valid JSON. A 1-GPU profile on a larger GPU gets the memory its card would leave (``card_settings``);
+    memory is what the GPUs have in use (device-wide, including the engine's worker processes; with
+    ``COURSE_GPU_SCOPE`` set, only the processes of that scope).
     """
     import torch
     from vllm import LLM
 
-    prof = load_profile("judge-70b")
+    from . import gpumem, inference
+
+    name = part.replace("-", "_")
+    prof = load_profile(JUDGE_PARTS[part])
     v = prof.vllm
     if torch.cuda.device_count() < v.tensor_parallel_size:
-        return {"judge70b": {"error": f"needs {v.tensor_parallel_size} GPUs, found {torch.cuda.device_count()}"}}
-    model_dir = make_model_dir(workdir / "llama-70b-dummy", **LLAMA_70B)
+        return {name: {"error": f"needs {v.tensor_parallel_size} GPUs, found {torch.cuda.device_count()}"}}
+    model_dir, extra = judge_model_dir(workdir, prof)
+    kw = inference.engine_kwargs(prof, model=str(model_dir), **extra)
+    kw.update(card_settings(prof, model_dir, torch.cuda.mem_get_info()[1]))
+    if v.tensor_parallel_size > 1:
+        # NCCL for the all-reduce: the first run (4 H200 of one host) stopped with "an illegal memory
+        # access" inside cublasGemmEx in both workers; vLLM's custom all-reduce relies on GPU peer access over CUDA IPC
+        kw["disable_custom_all_reduce"] = True
     t0 = time.perf_counter()
-    # NCCL for the all-reduce: the first run (4 H200 of one host) stopped with "an illegal memory
-    # access" inside cublasGemmEx in both workers; vLLM's custom all-reduce relies on GPU peer access over CUDA IPC
-    llm = LLM(model=str(model_dir), load_format="dummy", dtype="bfloat16", max_model_len=v.max_model_len,
-              tensor_parallel_size=v.tensor_parallel_size, gpu_memory_utilization=v.gpu_memory_utilization,
-              max_num_seqs=v.max_num_seqs, seed=0, disable_custom_all_reduce=True)
+    llm = LLM(**kw)
     startup = round(time.perf_counter() - t0, 1)
     prompts = token_prompts(n_prompts, length=JUDGE_PROMPT_TOKENS)
     throughput(llm, prompts[:4], 8)   # warm-up
     batch = throughput(llm, prompts, JUDGE_OUTPUT_TOKENS)
     single = throughput(llm, prompts[:1], JUDGE_OUTPUT_TOKENS)
-    used = []
-    for i in range(torch.cuda.device_count()):
-        free, total = torch.cuda.mem_get_info(i)   # device-wide, includes the engine's worker processes
-        used.append(round((total - free) / 2**30, 1))
-    return {"judge70b": {"startup_s": startup, "tensor_parallel_size": v.tensor_parallel_size,
-                         "all_reduce": "nccl (custom all-reduce off)",
-                         "prompt_tokens": JUDGE_PROMPT_TOKENS, "output_tokens": JUDGE_OUTPUT_TOKENS,
-                         "batch": batch, "single": single,
-                         "judgments_per_s": round(batch["requests"] / batch["seconds"], 2),
-                         "memory_used_gib_per_gpu": used, "gpu": torch.cuda.get_device_name(0)}}
+    scoped = gpumem.gpu_used_bytes() if os.environ.get(gpumem.SCOPE_ENV) else None
+    if scoped is not None:   # a GPU shared with other work: only this scope's processes (NVML per process)
+        used = [round(scoped / 1e9, 2)]
+    else:
+        used = [round((t - f) / 1e9, 2) for f, t in (torch.cuda.mem_get_info(i)
+                                                    for i in range(torch.cuda.device_count()))]
+    settings = {k: kw[k] for k in ("dtype", "max_model_len", "max_num_seqs", "quantization", "tensor_parallel_size",
+                                   "gpu_memory_utilization", "kv_cache_memory_bytes", "enforce_eager") if k in kw}
+    out = {"profile": prof.name, "judge_model": prof.judge_model, "startup_s": startup, "settings": settings,
+           "prompt_tokens": JUDGE_PROMPT_TOKENS, "output_tokens": JUDGE_OUTPUT_TOKENS,
+           "batch": batch, "single": single, "judgments_per_s": round(batch["requests"] / batch["seconds"], 2),
+           "memory_used_gb_per_gpu": used, "card_gb": prof.card_gb, "gpu": torch.cuda.get_device_name(0)}
+    if v.tensor_parallel_size > 1:
+        out["all_reduce"] = "nccl (custom all-reduce off)"
+    return {name: out}
 
 
 def memory_bandwidth(gigabytes: float = 4.0, repeats: int = 20) -> dict:
@@ -356,8 +410,9 @@ def bench_vllm(workdir: Path, parts: list[str], n_prompts: int = 256, model_cfg:
     from vllm import LLM
     from vllm.lora.request import LoRARequest
 
-    if "judge-70b" in parts:
-        return bench_judge70b(workdir, n_prompts)
+    for part in JUDGE_PARTS:
+        if part in parts:
+            return bench_judge(workdir, part, n_prompts)
     if "membw" in parts:
         return {"membw": memory_bandwidth()}
     if "qlora" in parts:
@@ -415,7 +470,7 @@ def bench_vllm(workdir: Path, parts: list[str], n_prompts: int = 256, model_cfg:
 
 
 PARTS = ("eager", "graphs", "membw", "lora", "lora-tuned", "generation", "qlora")
-EXTRA_PARTS = ("judge-70b",)   # needs 2 GPUs; only run when named
+EXTRA_PARTS = tuple(JUDGE_PARTS)   # only run when named (judge-70b needs 2 GPUs)
 RESULTS = paths.ROOT / "docs" / "benchmarks-gpu.json"  # the committed measurements behind docs/benchmarks.md
 
 
@@ -488,8 +543,8 @@ def merge(base: dict, new: dict) -> dict:
 # --------------------------------------------------------------------------- command line
 def add_cli(sub, profile) -> None:
     p = sub.add_parser("bench-gpu", help="7B-scale GPU measurements (random weights) -> docs/benchmarks.md")
-    p.add_argument("parts", nargs="*", help=f"{' '.join(PARTS)} (default: all); {' '.join(EXTRA_PARTS)} (2 GPUs, "
-                                            "only when named)")
+    p.add_argument("parts", nargs="*", help=f"{' '.join(PARTS)} (default: all); {' '.join(EXTRA_PARTS)} (judge engines of "
+                                            "those profiles, only when named; judge-70b needs 2 GPUs)")
     p.add_argument("--prompts", type=int, default=256)
     p.add_argument("--output", default=None,
                    help="results JSON (default docs/benchmarks-gpu.json, rendered to docs/benchmarks.md)")

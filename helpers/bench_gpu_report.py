@@ -124,6 +124,28 @@ def generation_section(results: dict) -> list[str]:
     return lines
 
 
+JUDGE_KEYS = ("judge_l4", "judge_t4", "judge_70b")
+
+
+def judge_section(results: dict) -> list[str]:
+    """Judgments/s and memory of the judge engines (``bench-gpu judge-l4 judge-t4 judge-70b``)."""
+    judged = [(k, results[k]) for k in JUDGE_KEYS if isinstance(results.get(k), dict) and "batch" in results[k]]
+    if not judged:
+        return []
+    lines = ["## Judge-Engines", "",
+             "Die Judge-Engine jedes Profils mit den Einstellungen des Kurses (`inference.engine_kwargs`), Modell in "
+             "echter Form mit Zufallsgewichten; Prompts à 600 Tokens (Rubrik, Kontext, Frage, Antwort), 64 "
+             "Output-Tokens je Urteil (Begründung + Urteil als JSON, EOS ignoriert). Auf einer größeren GPU bekommt "
+             "ein Ein-GPU-Profil den KV-Cache, den seine Karte ließe.", "",
+             "| Profil | Judge-Modell | Urteile/s | Batch 1 (Tokens/s) | GPU-Speicher belegt (GB je GPU) | Karte (GB) | Engine-Start (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for _, r in judged:
+        lines.append(f"| {r.get('profile', '70b')} | {r.get('judge_model', '')} | {r['judgments_per_s']} | "
+                     f"{r['single']['tokens_per_s']} | {', '.join(str(u) for u in r.get('memory_used_gb_per_gpu') or r.get('memory_used_gib_per_gpu', []))} | "
+                     f"{r.get('card_gb') or '–'} | {r['startup_s']} |")
+    return lines + [""]
+
+
 def write_markdown(results: dict, path: str | Path | None = None, plot: bool = True) -> Path:
     """Render the measurements as docs/benchmarks.md (+ a bar chart next to it)."""
     path = Path(path or paths.ROOT / "docs" / "benchmarks.md")
@@ -192,6 +214,7 @@ def write_markdown(results: dict, path: str | Path | None = None, plot: bool = T
                   (f"- Durchsatz: {q['tokens_per_s']} Tokens/s, Ziel ≥ {QLORA_MIN_TOKENS_PER_S} Tokens/s (die rohe "
                    f"QLoRA-Trainingsschleife auf einer H100): {'erreicht' if speed_ok else 'verfehlt'}."),
                   ""]
+    lines += judge_section(results)
     missing = [name for name, key in (("generation", "generation_step"), ("qlora", "qlora")) if key not in results]
     if missing:
         lines += [f"Noch nicht auf der GPU gemessen: {', '.join(missing)} "

@@ -121,3 +121,37 @@ def test_generation_benchmark_carries_mistrals_own_tokenizer(tmp_path):
     assert "[INST]" in again.apply_chat_template([{"role": "user", "content": text}], tokenize=False)
     with pytest.raises(ValueError, match="Unknown vocabulary"):
         bench_gpu.generation_tokenizer(tmp_path, "klingon")
+
+
+def test_a_one_gpu_judge_on_a_larger_gpu_gets_its_cards_memory_and_no_more(tmp_path):
+    from helpers.profiles import load_profile
+
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 1000)    # weights: 1,000 bytes
+    l4 = load_profile("l4")                                      # 24 GB card, gpu_memory_utilization 0.90
+    h200 = 150_000_000_000
+    got = bench_gpu.card_settings(l4, tmp_path, h200)
+    engine = 0.90 * 24e9
+    assert got["gpu_memory_utilization"] == round(engine / h200, 4)
+    assert got["kv_cache_memory_bytes"] == int(engine - 1000 - 2 * 2**30)
+    assert bench_gpu.card_settings(l4, tmp_path, 24_000_000_000) == {}       # on its own card: vLLM measures
+    big = tmp_path / "big"
+    big.mkdir()
+    with open(big / "model.safetensors", "wb") as f:                        # sparse: 22 GB of weights
+        f.truncate(22_000_000_000)
+    with pytest.raises(ValueError, match="no KV cache"):
+        bench_gpu.card_settings(l4, big, h200)
+
+
+def test_judge_engines_render_with_judgments_per_second_and_memory_beside_the_card():
+    from helpers import bench_gpu_report as report
+
+    run = {"requests": 256, "output_tokens": 16384, "seconds": 8.0, "tokens_per_s": 2048.0}
+    one = {"requests": 1, "output_tokens": 64, "seconds": 0.5, "tokens_per_s": 128.0}
+    results = {"judge_t4": {"profile": "t4", "judge_model": "hugging-quants/x-AWQ", "batch": run, "single": one,
+                            "judgments_per_s": 32.0, "memory_used_gb_per_gpu": [13.9], "card_gb": 16,
+                            "startup_s": 60.0},
+               "judge_70b": {"error": "needs 2 GPUs, found 1"}}
+    text = "\n".join(report.judge_section(results))
+    assert "| t4 | hugging-quants/x-AWQ | 32.0 | 128.0 | 13.9 | 16 | 60.0 |" in text
+    assert "70b" not in text.split("|---|")[-1]            # an errored part gets no row
+    assert report.judge_section({"judge_70b": {"error": "x"}}) == []
