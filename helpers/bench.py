@@ -118,16 +118,25 @@ def bench_lora_overhead(n_prompts: int = 16, max_tokens: int = 64, profile_name:
     return out
 
 
-def bench_ab_router(profile=None, n_seq: int = 40, n_conc: int = 64, concurrency: int = 16, max_tokens: int = 8) -> dict:
+def paired_order(i: int, first, second) -> tuple:
+    """The two sides of pair ``i``, their order alternating from pair to pair (ABBA...): whatever the position
+    in a pair does (a warm cache, a just-finished burst) falls on both sides equally often."""
+    return (first, second) if i % 2 == 0 else (second, first)
+
+
+def bench_ab_router(profile=None, n_seq: int = 200, n_conc: int = 128, concurrency: int = 16, max_tokens: int = 8,
+                    rounds: int = 9) -> dict:
     """The A/B router's overhead on loopback, in one run against one real vLLM (two random rank-8 adapters).
 
     On the mini profile the router, vLLM and the client share the same few cores, so both targets also measure
     CPU contention; ``router_cpu_ms_per_request`` (the router process's own CPU time per request) separates
     the router's cost from that. ``profile``: where vLLM runs (default mini; ``gpu-smoke`` serves Kurs-Mini on a
     GPU, where vLLM no longer competes with the router for the CPU).
-    Latency: ``n_seq`` sequential one-token requests, direct and through the router interleaved (so drift on a
-    shared machine hits both alike); added p50 = median(routed) - median(direct). Throughput: ``n_conc``
-    requests at ``concurrency`` in flight, direct vs routed, three interleaved rounds, best of each.
+    Both measurements are paired, so that drift on a shared machine (other processes, vLLM's own warm-up) hits
+    both sides of a pair alike, and the order inside a pair alternates. Latency: ``n_seq`` pairs of sequential
+    one-token requests, direct and through the router; added p50 = median of the paired differences. Throughput:
+    ``rounds`` pairs of rounds of ``n_conc`` requests at ``concurrency`` in flight, direct and routed; the ratio is
+    the median of the per-pair ratios (every round's figures are kept in ``router_rounds``).
     """
     import statistics
     from concurrent.futures import ThreadPoolExecutor
@@ -157,14 +166,15 @@ def bench_ab_router(profile=None, n_seq: int = 40, n_conc: int = 64, concurrency
                 for _ in range(5):
                     direct(1), routed(1)        # warm-up: adapter load, connection pools
                 lat = {"direct": [], "routed": []}
-                for _ in range(n_seq):
-                    for name, fn in (("direct", direct), ("routed", routed)):
+                for i in range(n_seq):
+                    for name, fn in paired_order(i, ("direct", direct), ("routed", routed)):
                         t0 = time.perf_counter()
                         fn(1)
                         lat[name].append(time.perf_counter() - t0)
                 p50 = {k: statistics.median(v) * 1000 for k, v in lat.items()}
+                added = statistics.median(r - d for d, r in zip(lat["direct"], lat["routed"])) * 1000
                 out.update({"router_direct_p50_ms": round(p50["direct"], 2), "router_routed_p50_ms": round(p50["routed"], 2),
-                            "router_added_p50_ms": round(p50["routed"] - p50["direct"], 2)})
+                            "router_added_p50_ms": round(added, 2)})
 
                 def rps(fn) -> float:
                     with ThreadPoolExecutor(concurrency) as pool:
@@ -176,19 +186,24 @@ def bench_ab_router(profile=None, n_seq: int = 40, n_conc: int = 64, concurrency
                     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-                rounds, cpu = {"direct": [], "routed": []}, 0.0
-                for _ in range(3):      # interleaved rounds, best of each: load changes hit both alike
-                    rounds["direct"].append(rps(direct))
-                    cpu0 = cpu_s(r.process.pid)
-                    rounds["routed"].append(rps(routed))
-                    cpu += cpu_s(r.process.pid) - cpu0
-                direct_rps, routed_rps = max(rounds["direct"]), max(rounds["routed"])
-                router_cpu_ms = cpu * 1000 / (3 * n_conc)
+                rps(direct), rps(routed)    # warm-up at full concurrency
+                per_round, cpu = {"direct": [], "routed": []}, 0.0
+                for i in range(rounds):
+                    for name, fn in paired_order(i, ("direct", direct), ("routed", routed)):
+                        cpu0 = cpu_s(r.process.pid)
+                        per_round[name].append(rps(fn))
+                        if name == "routed":
+                            cpu += cpu_s(r.process.pid) - cpu0
+                router_cpu_ms = cpu * 1000 / (rounds * n_conc)
+    ratio = statistics.median(d / r for d, r in zip(per_round["direct"], per_round["routed"]))
+    direct_rps, routed_rps = statistics.median(per_round["direct"]), statistics.median(per_round["routed"])
     out.update({"router_direct_rps": round(direct_rps, 2), "router_routed_rps": round(routed_rps, 2),
-                "router_direct_over_routed": round(direct_rps / routed_rps, 3), "router_concurrency": concurrency,
+                "router_direct_over_routed": round(ratio, 3), "router_concurrency": concurrency,
+                "router_rounds": {k: [round(x, 2) for x in v] for k, v in per_round.items()},
                 "router_cpu_ms_per_request": round(router_cpu_ms, 2)})
-    print(f"router: added p50 {out['router_added_p50_ms']} ms (target <= 2 ms); throughput {routed_rps:.1f} vs "
-          f"direct {direct_rps:.1f} req/s at concurrency {concurrency} = {routed_rps / direct_rps:.1%} (target >= 95 %); "
+    print(f"router: added p50 {out['router_added_p50_ms']} ms (target <= 2 ms); throughput routed/direct "
+          f"{1 / ratio:.1%} (median of {rounds} paired rounds; medians {routed_rps:.1f} vs {direct_rps:.1f} req/s) "
+          f"at concurrency {concurrency} (target >= 95 %); "
           f"router CPU {router_cpu_ms:.2f} ms per request (on a CPU-only host the router takes this from vLLM)",
           flush=True)
     return out

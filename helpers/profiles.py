@@ -85,12 +85,19 @@ class TrainSettings:
     # a small data set stops after this many passes over it (None: always max_steps). 26 generated pairs x 150
     # steps x 8 would be ~46 passes: memorising, and on 2 cores the slowest training of the course
     max_epochs: float | None = None
+    # dtype of the frozen NF4 matmuls (bnb_4bit_compute_dtype; QLoRA's own choice is bfloat16). None: the train
+    # dtype. "bfloat16-if-native": bfloat16 on a CPU with bfloat16 matrix instructions (AMX or AVX512-BF16), the
+    # train dtype elsewhere (without them oneDNN emulates bfloat16: 5x slower measured with AVX-512, 160x with AVX2)
+    compute_dtype: str | None = None
 
     def __post_init__(self):
         if self.max_epochs is not None and self.max_epochs <= 0:
             raise ProfileError(f"train.max_epochs must be positive or empty, not `{self.max_epochs}`")
         if self.answer_target not in ("reference", "context"):
             raise ProfileError(f"train.answer_target must be `reference` or `context`, not `{self.answer_target}`")
+        if self.compute_dtype not in (None, "float32", "float16", "bfloat16", "bfloat16-if-native"):
+            raise ProfileError(f"train.compute_dtype must be empty, float32, float16, bfloat16 or bfloat16-if-native, "
+                               f"not `{self.compute_dtype}`")
 
     def steps_for(self, n_examples: int) -> int:
         """Optimizer steps for ``n_examples`` training examples: ``max_steps``, capped at ``max_epochs`` passes."""

@@ -149,6 +149,31 @@ def torch_dtype(profile: Profile):
     return getattr(torch, profile.resolved_dtype("train_dtype"))
 
 
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")   # /proc/cpuinfo flags of native bfloat16 matrix instructions
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (Linux: the flags in /proc/cpuinfo)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def compute_dtype(profile: Profile) -> str:
+    """The dtype of the frozen NF4 matmuls (``train.compute_dtype``, see profiles.TrainSettings)."""
+    wanted = profile.train.compute_dtype
+    train = profile.resolved_dtype("train_dtype")
+    if wanted is None:
+        return train
+    if wanted == "bfloat16-if-native":
+        return "bfloat16" if profile.device == "cpu" and cpu_has_native_bf16() else train
+    return wanted
+
+
 def load_model(profile: Profile, model_dir: str):
     """The base model in NF4 (double quant) when the profile asks for it, prepared for k-bit training."""
     import torch
@@ -164,7 +189,7 @@ def load_model(profile: Profile, model_dir: str):
     if quantize:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype)
+            bnb_4bit_compute_dtype=getattr(torch, compute_dtype(profile)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
@@ -294,6 +319,7 @@ def _train(profile: Profile, train_records: list[dict], eval_records: list[dict]
                 "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "lora_r": profile.lora.r,
                 "lora_alpha": profile.lora.alpha, "target_modules": profile.lora.target_modules,
                 "quantize_4bit": cfg.quantize_4bit, "train_dtype": dtype,
+                "compute_dtype": compute_dtype(profile) if cfg.quantize_4bit else None,
                 "max_steps": steps, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
                 "learning_rate": cfg.learning_rate, "max_length": cfg.max_length, "answer_target": cfg.answer_target,
                 "optimizer": cfg.optimizer, "gradient_checkpointing": cfg.gradient_checkpointing,
@@ -435,6 +461,7 @@ def report_table(info: dict):
     keys = [("seconds", "Trainingszeit (s)"), ("max_steps", "Schritte"), ("batch_size", "Batchgröße"),
             ("train_examples", "Trainingsbeispiele"), ("tokens_per_s", "Tokens/s (Training)"),
             ("peak_memory_mb", f"Spitzenspeicher (MB, {info.get('memory_kind')})"),
+            ("train_dtype", "Trainings-dtype"), ("compute_dtype", "NF4-Rechen-dtype"),
             ("trainable_parameters", "trainierbare Parameter (LoRA)"), ("total_parameters", "Parameter gesamt"),
             ("loss_first", "Loss am Anfang"), ("loss_last", "Loss am Ende"), ("eval_loss_last", "Eval-Loss am Ende"),
             ("dataset_fingerprint", "Datensatz-Fingerprint")]

@@ -50,3 +50,8 @@ def test_bench_profile_applies_to_the_router_benchmark_only(capsys):
     assert cli.main(["bench", "course", "--profile", "gpu-smoke"]) == 2
     assert "applies to router only" in capsys.readouterr().err
     assert cli.build_parser().parse_args(["bench", "router", "--profile", "gpu-smoke"]).names == ["router"]
+
+
+def test_router_bench_pairs_alternate_their_order():
+    orders = [bench.paired_order(i, "direct", "routed") for i in range(4)]
+    assert orders == [("direct", "routed"), ("routed", "direct")] * 2

@@ -220,6 +220,7 @@ def test_training_saves_an_adapter_with_its_record(tiny_run, profile):
     assert info["pad_token_id"] != info["eos_token_id"] and info["collator"] == "completion"
     assert info["quantize_4bit"] and info["max_steps"] == 2 and len(info["losses"]) >= 1
     assert info["eval_loss_last"] is not None and info["peak_memory_mb"] > 0
+    assert info["compute_dtype"] == training.compute_dtype(profile)     # what the NF4 matmuls ran in, recorded
     assert info["dataset_fingerprint"] == training.fingerprint(
         [{**r} for r in split.gold_splits()["train"][:16]])
     assert not list(adapter.parent.glob(".tiny.tmp"))
@@ -431,3 +432,23 @@ def test_max_epochs_caps_the_steps_of_a_small_data_set(tmp_path, gold, capsys):
     result = training.train(dataclasses.replace(mini, train=cfg), gold[0][:6], None, tmp_path / "a", progress=False)
     assert result.info["global_step"] == result.info["max_steps"] == 2                   # 6 examples / 4 = 2 steps
     assert "2 steps instead of 50" in capsys.readouterr().out
+
+
+def test_nf4_matmuls_run_in_bfloat16_only_on_a_cpu_that_has_it(monkeypatch):
+    import dataclasses
+
+    amx = "processor : 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n"
+    avx512 = "processor : 0\nflags\t\t: fpu avx2 avx512f avx512bw\n"
+    assert training.cpu_has_native_bf16(amx) and not training.cpu_has_native_bf16(avx512)
+    assert training.cpu_has_native_bf16("flags : sse avx512_bf16") and not training.cpu_has_native_bf16("")
+    mini = load_profile("mini")
+    assert mini.train.compute_dtype == "bfloat16-if-native" and mini.train_dtype == "float32"
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda cpuinfo=None: True)
+    assert training.compute_dtype(mini) == "bfloat16"
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda cpuinfo=None: False)
+    assert training.compute_dtype(mini) == "float32"              # emulated bfloat16 would be slower
+    plain = dataclasses.replace(mini, train=dataclasses.replace(mini.train, compute_dtype=None))
+    assert training.compute_dtype(plain) == "float32"
+    assert training.compute_dtype(load_profile("l4")) == "bfloat16"   # GPU profiles: their train dtype
+    with pytest.raises(ProfileError, match="compute_dtype"):
+        dataclasses.replace(mini.train, compute_dtype="int4")
