@@ -132,16 +132,18 @@ def judge_section(results: dict) -> list[str]:
     judged = [(k, results[k]) for k in JUDGE_KEYS if isinstance(results.get(k), dict) and "batch" in results[k]]
     if not judged:
         return []
+    first = judged[0][1]
     lines = ["## Judge-Engines", "",
              "Die Judge-Engine jedes Profils mit den Einstellungen des Kurses (`inference.engine_kwargs`), Modell in "
-             "echter Form mit Zufallsgewichten; Prompts à 600 Tokens (Rubrik, Kontext, Frage, Antwort), 64 "
-             "Output-Tokens je Urteil (Begründung + Urteil als JSON, EOS ignoriert). Auf einer größeren GPU bekommt "
-             "ein Ein-GPU-Profil den KV-Cache, den seine Karte ließe.", "",
+             f"echter Form mit Zufallsgewichten; Prompts à {first.get('prompt_tokens')} Tokens (Rubrik, Kontext, "
+             f"Frage, Antwort), {first.get('output_tokens')} Output-Tokens je Urteil (Begründung + Urteil als JSON, "
+             "EOS ignoriert). Auf einer größeren GPU bekommt ein Ein-GPU-Profil den Speicher, den seine Karte ließe.",
+             "",
              "| Profil | Judge-Modell | Urteile/s | Batch 1 (Tokens/s) | GPU-Speicher belegt (GB je GPU) | Karte (GB) | Engine-Start (s) |",
              "|---|---|---|---|---|---|---|"]
     for _, r in judged:
         lines.append(f"| {r.get('profile', '70b')} | {r.get('judge_model', '')} | {r['judgments_per_s']} | "
-                     f"{r['single']['tokens_per_s']} | {', '.join(str(u) for u in r.get('memory_used_gb_per_gpu') or r.get('memory_used_gib_per_gpu', []))} | "
+                     f"{r['single']['tokens_per_s']} | {', '.join(str(u) for u in r.get('memory_used_gb_per_gpu', []))} | "
                      f"{r.get('card_gb') or '–'} | {r['startup_s']} |")
     return lines + [""]
 

@@ -149,9 +149,10 @@ def test_judge_engines_render_with_judgments_per_second_and_memory_beside_the_ca
     one = {"requests": 1, "output_tokens": 64, "seconds": 0.5, "tokens_per_s": 128.0}
     results = {"judge_t4": {"profile": "t4", "judge_model": "hugging-quants/x-AWQ", "batch": run, "single": one,
                             "judgments_per_s": 32.0, "memory_used_gb_per_gpu": [13.9], "card_gb": 16,
-                            "startup_s": 60.0},
+                            "startup_s": 60.0, "prompt_tokens": 600, "output_tokens": 64},
                "judge_70b": {"error": "needs 2 GPUs, found 1"}}
     text = "\n".join(report.judge_section(results))
     assert "| t4 | hugging-quants/x-AWQ | 32.0 | 128.0 | 13.9 | 16 | 60.0 |" in text
     assert "70b" not in text.split("|---|")[-1]            # an errored part gets no row
+    assert "Prompts à 600 Tokens" in text and "64 Output-Tokens" in text
     assert report.judge_section({"judge_70b": {"error": "x"}}) == []
