@@ -299,18 +299,14 @@ def judge_model_dir(workdir: Path, profile) -> tuple[Path, dict]:
 
     70B (bf16): config only, vLLM's dummy loader fills the weights. 8B AWQ (l4, t4): random packed 4-bit weights
     written by ``testmodel.build_awq``, as the dress rehearsal serves them."""
-    from . import chatformat, rehearsal, testmodel
+    from . import rehearsal
 
     if profile.name == "judge-70b":
         return make_model_dir(workdir / "llama-70b-dummy", **LLAMA_70B), {"load_format": "dummy"}
     kind = rehearsal.model_kind(profile.judge_model)
     path = workdir / f"judge-{kind}"
     if not (path / "testmodel.json").is_file():
-        if kind == "llama8b-awq":
-            testmodel.build_awq(path, dict(testmodel.LLAMA31_8B), device="cuda", chat_template=chatformat.INST_TEMPLATE)
-        else:
-            testmodel.build_config(path, dict(testmodel.LLAMA31_8B), device="cuda",
-                                   chat_template=chatformat.INST_TEMPLATE)
+        rehearsal.build_llama(path, kind)
     return path, {}
 
 
@@ -324,10 +320,10 @@ def card_settings(profile, model_dir: Path, total_bytes: int) -> dict:
     if not profile.card_gb or total_bytes <= profile.card_gb * 1e9 * 1.05:
         return {}
     engine = (profile.vllm.gpu_memory_utilization or 0.9) * profile.card_gb * 1e9
-    kv = int(engine - (gpumem.weight_bytes(model_dir) or 0) - gpumem.SHARED_GPU_ACTIVATION_BYTES)
-    if kv <= 0:
+    kv = gpumem.kv_bytes_left(engine, model_dir)
+    if kv is None:
         raise ValueError(f"The judge model in {model_dir} leaves no KV cache on profile '{profile.name}''s "
-                         f"{profile.card_gb:g} GB card.")
+                         f"{profile.card_gb:g} GB card (or its weights are not in that folder).")
     return {"gpu_memory_utilization": round(engine / total_bytes, 4), "kv_cache_memory_bytes": kv}
 
 

@@ -235,13 +235,17 @@ def shared_gpu_kv_bytes(profile: Profile, model_dir: str | Path, utilization: fl
 
     if not (os.environ.get(SCOPE_ENV) and profile.emulate_card and profile.card_gb and utilization):
         return None
+    total = gpu_memory_bytes()
+    return kv_bytes_left(utilization * total, model_dir) if total else None
+
+
+def kv_bytes_left(engine_bytes: float, model_dir: str | Path) -> int | None:
+    """The KV cache an engine of ``engine_bytes`` has after the weights in ``model_dir`` and
+    ``SHARED_GPU_ACTIVATION_BYTES``; None for a model that is not a local folder or when nothing is left."""
     weights = weight_bytes(model_dir)
     if weights is None:
         return None
-    total = gpu_memory_bytes()
-    if not total:
-        return None
-    kv = int(utilization * total - weights - SHARED_GPU_ACTIVATION_BYTES)
+    kv = int(engine_bytes - weights - SHARED_GPU_ACTIVATION_BYTES)
     return kv if kv > 0 else None
 
 

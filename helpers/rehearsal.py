@@ -65,7 +65,7 @@ def build_models(profile: Profile, out_dir: str | Path, device: str = "cuda", ti
     Folders that exist (with their ``testmodel.json``) are reused, so a resumed rehearsal builds nothing twice.
     ``tiny``: the same files at the CPU test shape (tests of this module), not a rehearsal.
     """
-    from . import chatformat, testmodel
+    from . import testmodel
 
     if device == "cuda":
         import torch
@@ -104,12 +104,21 @@ def build_models(profile: Profile, out_dir: str | Path, device: str = "cuda", ti
             if not done(awq):
                 testmodel.build_awq(awq, mistral_awq_cfg, device=device)
             testmodel.write_variant(awq, path, testmodel.INSTRUCT_V02, testmodel.STRICT_INST_TEMPLATE)
-        elif kind == "llama8b-awq" and not done(path):
-            testmodel.build_awq(path, llama_cfg, device=device, chat_template=chatformat.INST_TEMPLATE)
-        elif kind == "llama8b" and not done(path):
-            testmodel.build_config(path, llama_cfg, device=device, chat_template=chatformat.INST_TEMPLATE)
+        elif kind in ("llama8b-awq", "llama8b") and not done(path):
+            build_llama(path, kind, llama_cfg, device)
         folders[model_id] = path
     return {k: str(v) for k, v in folders.items()}
+
+
+def build_llama(path: str | Path, kind: str, config: dict | None = None, device: str = "cuda") -> Path:
+    """The Llama-3.1-8B-shaped stand-in of a judge model (``kind`` llama8b-awq or llama8b; ``model_kind``) with
+    the course's ``[INST]`` template: random packed AWQ weights, or random bfloat16 weights."""
+    from . import chatformat, testmodel
+
+    config = dict(config or testmodel.LLAMA31_8B)
+    if kind == "llama8b-awq":
+        return testmodel.build_awq(path, config, device=device, chat_template=chatformat.INST_TEMPLATE)
+    return testmodel.build_config(path, config, device=device, chat_template=chatformat.INST_TEMPLATE)
 
 
 def rehearsal_name(profile_name: str) -> str:
