@@ -119,6 +119,13 @@ def per_category(judgments: Sequence[dict], labels: dict[str, dict], judge: str)
     return df.pivot_table(index=["kategorie", "mensch"], columns="urteil", aggfunc="size", fill_value=0)
 
 
+def category_share(judgments: Sequence[dict], labels: dict[str, dict], judge: str, category: str, grade: str) -> float:
+    """Share of one category's labelled answers that this judge graded ``grade`` (unparsed counts as not ``grade``)."""
+    got = [j.get("grade") if j["status"] == "ok" else None
+           for j in judgments if j.get("judge") == judge and labels.get(j["id"], {}).get("category") == category]
+    return sum(g == grade for g in got) / len(got) if got else float("nan")
+
+
 # --------------------------------------------------------------------------- the non-LLM baseline
 SPECULATION = ("vermutlich", "wahrscheinlich", "erfahrungsgemäß", "dürfte", "in der regel", "meist ", "meistens",
                "üblicherweise", "vielleicht", "möglicherweise", "künftig", "in der praxis")
@@ -238,6 +245,7 @@ def series_kappa() -> dict:
 
 # --------------------------------------------------------------------------- the question of notebook 08
 TARGET_QWK = 0.4
+ALPHA = 0.05          # significance level of the bias probes' tests (position: binomial test against 1/2)
 
 
 def against_baseline(results: dict[str, dict], judge: str, baseline: str = "baseline") -> dict:

@@ -79,9 +79,18 @@ def values(token: str) -> set[float]:
     return out
 
 
-def _decimals(token: str) -> int:
-    m = re.search(r"[.,](\d+)$", token)
-    return len(m.group(1)) if m and len(m.group(1)) != 3 else 0
+def readings(token: str) -> set[tuple[float, float]]:
+    """Each value a written number can mean, with the rounding tolerance of that reading: "1.800" is 1800 (± 0.5) or
+    1.8 (± 0.0005); "0,305" cannot be a thousands group, so it is only 0.305 (± 0.0005)."""
+    out: set[tuple[float, float]] = set()
+    plain = token.replace(".", "").replace(",", "")
+    if plain.isdigit() and (token.isdigit() or re.fullmatch(r"[1-9]\d{0,2}([.,]\d{3})+", token)):
+        out.add((float(plain), 0.5))
+    for dec, thou in ((",", "."), (".", ",")):
+        s = token.replace(thou, "")
+        if s.count(dec) == 1 and s.replace(dec, "").isdigit():
+            out.add((float(s.replace(dec, ".")), 0.5 * 10 ** -len(s.split(dec)[1])))
+    return out
 
 
 def numbers_in(text: str) -> list[str]:
@@ -98,8 +107,8 @@ def _pool(text: str) -> set[float]:
 
 
 def supported(token: str, pool: set[float]) -> bool:
-    tol = 0.5 * 10 ** -_decimals(token) + 1e-9
-    return any(abs(v - p) <= tol or (v >= 1000 and abs(v - p) / v < 0.005) for v in values(token) for p in pool)
+    return any(abs(v - p) <= tol + 1e-9 or (v >= 1000 and abs(v - p) / v < 0.005)
+               for v, tol in readings(token) for p in pool)
 
 
 def _output_text(cell) -> str:

@@ -89,6 +89,18 @@ def test_validation_joins_by_id_not_position_and_counts_unparsed():
     assert judgeval.recheck_from_table(frame)["kappa"] == pytest.approx(res["kappa"]["value"])
 
 
+def test_category_share_counts_unparsed_as_a_miss_and_ignores_other_judges():
+    labels = {f"x{i}": {"label": "C", "hallucination": True, "category": cat}
+              for i, cat in enumerate(["wrong_number"] * 4 + ["wrong_document"])}
+    js = [_judgment(0, "A", False), _judgment(1, "A", False), _judgment(2, "C", True),
+          _judgment(3, None, status="unparsed"), _judgment(4, "C", True),
+          {**_judgment(2, "A", False), "judge": "other"}]
+    assert judgeval.category_share(js, labels, "base", "wrong_number", "A") == pytest.approx(0.5)
+    assert judgeval.category_share(js, labels, "base", "wrong_document", "C") == 1.0
+    assert judgeval.category_share(js, labels, "base", "incomplete", "A") != judgeval.category_share(
+        js, labels, "base", "incomplete", "A")                                  # no such answers: NaN, not 0
+
+
 def test_validation_kappa_is_recomputed_from_the_printed_table():
     labels = judgeval.truth()
     res = judgeval.validate(judgeval.baseline_judge(judgeval.items()), labels, "baseline", n_boot=200)

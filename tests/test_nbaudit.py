@@ -43,6 +43,17 @@ def test_numbers_must_be_printed_above(tmp_path):
     assert not found.ok
 
 
+def test_three_decimals_after_a_zero_are_checked_to_the_third_decimal(tmp_path):
+    """"0,305" cannot be a thousands group: it must match a printed value to ±0.0005, not to ±0.5."""
+    assert nbaudit.readings("0,305") == {(0.305, 0.0005)}
+    assert (1800.0, 0.5) in nbaudit.readings("1.800") and (1.8, 0.0005) in nbaudit.readings("1.800")
+    path = _nb(tmp_path, [
+        ("code", "print(k)", "kappa 0.305, qwk 0.4031\n"),
+        ("md", "κ = 0,305 und gewichtet 0,403, aber die Baseline liegt bei 0,689."),
+    ])
+    assert [n.split(":")[0] for n in nbaudit.audit(path).numbers] == ["0,689"]
+
+
 def test_small_counts_notebook_ids_headings_and_code_spans_are_not_checked(tmp_path):
     path = _nb(tmp_path, [("md", "# 05.2 Titel mit 2026\n\nDrei Schritte, 4 Kerne, siehe 05.3, `max_tokens=512`.")])
     assert nbaudit.audit(path).numbers == []
