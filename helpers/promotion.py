@@ -7,6 +7,9 @@ the router's weights move together, and rollback puts both back exactly.
 * ``promote``: alias ``champion`` -> the winner's version, the test's statistics as version tags, router
   weights winner 100 / others 0 (next ``config_version``; the running router re-reads its config). Before
   changing anything it saves a snapshot (alias, the tags it will overwrite, the config file's bytes).
+* ``apply_outcome``: what a finished test does: "v1 wins" / "v2 wins" promotes that arm; "no decision" leaves
+  production as it is, or, where a ``drill_arm`` is named, runs the same promotion as a drill (version tags
+  ``drill=true`` and ``decision``) so promotion, retire and rollback are exercised on real parts every time.
 * ``rollback``: from that snapshot, alias and tags back as they were and the config file byte for byte.
 * Both are idempotent: promoting the current champion at 100 % changes nothing (and keeps the first
   snapshot); rolling back without a pending promotion changes nothing.
@@ -81,6 +84,11 @@ def champion(tracking_uri: str, model_name: str) -> str | None:
         return None
 
 
+def set_champion(tracking_uri: str, model_name: str, version: str) -> None:
+    """Point the ``champion`` alias at ``version`` (the starting state before a test; promotions use ``promote``)."""
+    _client(tracking_uri).set_registered_model_alias(model_name, CHAMPION, str(version))
+
+
 def registry_state(tracking_uri: str, model_name: str) -> dict:
     """Aliases and tags of every version: what promote/rollback must leave exactly as it found it."""
     client = _client(tracking_uri)
@@ -118,6 +126,26 @@ def promote(tracking_uri: str, model_name: str, version: str, config_path: str |
     if cfg.weights != target:
         router.write_config(cfg.with_weights(target), config_path)
     return {"changed": True, "champion": str(version), "previous_champion": current, "weights": target}
+
+
+def apply_outcome(tracking_uri: str, model_name: str, versions: dict[str, str], config_path: str | Path,
+                  outcome: str, stats: dict | None = None, drill_arm: str | None = None) -> dict:
+    """Apply a sequential test's ``outcome`` (``helpers.sequential``) to registry and router; ``versions`` maps each
+    arm to its registered version. A win promotes the winning arm. Without a decision production stays as it is,
+    unless ``drill_arm`` names an arm: then the same promotion runs as a drill, tagged ``drill=true`` and
+    ``decision=<outcome>`` on the version, to be rolled back with ``rollback``. Idempotent like ``promote``."""
+    from .sequential import V1_WINS, V2_WINS
+
+    winner = {V1_WINS: "v1", V2_WINS: "v2"}.get(outcome)
+    arm = winner or drill_arm
+    if arm is None:
+        return {"changed": False, "arm": None, "drill": False, "reason": f"{outcome}: traffic unchanged"}
+    if arm not in versions:
+        raise PromotionError(f"arm {arm!r} has no registered version (known: {sorted(versions)}); register its "
+                             "adapter with promotion.register_adapter first.")
+    tags = {**(stats or {}), "decision": outcome, "drill": str(winner is None).lower()}
+    return {**promote(tracking_uri, model_name, versions[arm], config_path, arm, tags), "arm": arm,
+            "drill": winner is None}
 
 
 def _vllm_api(cfg: "router.ABConfig") -> str:

@@ -55,6 +55,40 @@ def test_promote_then_rollback_restores_registry_and_config_exactly_and_both_are
     assert promotion.registry_state(uri, "faq-adapter") == before_registry and cfg_path.read_bytes() == before_config
 
 
+@pytest.mark.parametrize("outcome,drill_arm,arm,drill", [
+    (sequential.V1_WINS, "v2", "v1", False),            # a decision wins over the drill arm
+    (sequential.V2_WINS, None, "v2", False),
+    (sequential.NO_DECISION, "v2", "v2", True),         # no decision: the same promotion, labelled as a drill
+])
+def test_an_outcome_promotes_its_winner_or_runs_a_labelled_drill_that_rolls_back_exactly(setup, outcome, drill_arm,
+                                                                                         arm, drill):
+    uri, versions, cfg_path = setup
+    promotion.set_champion(uri, "faq-adapter", versions["faq-v1"])
+    before = (promotion.registry_state(uri, "faq-adapter"), cfg_path.read_bytes())
+    by_arm = {"v1": versions["faq-v1"], "v2": versions["faq-v2"]}
+
+    res = promotion.apply_outcome(uri, "faq-adapter", by_arm, cfg_path, outcome, {"ab_n": 80}, drill_arm=drill_arm)
+    assert res["changed"] and res["arm"] == arm and res["drill"] is drill
+    assert promotion.champion(uri, "faq-adapter") == by_arm[arm]
+    assert router.load_config(cfg_path).weights == {a: (100 if a == arm else 0) for a in ("v1", "v2")}
+    tags = promotion.registry_state(uri, "faq-adapter")["versions"][by_arm[arm]]
+    assert tags["decision"] == outcome and tags["drill"] == str(drill).lower() and tags["ab_n"] == "80"
+    again = promotion.apply_outcome(uri, "faq-adapter", by_arm, cfg_path, outcome, {"ab_n": 80}, drill_arm=drill_arm)
+    assert again["changed"] is False
+    assert promotion.rollback(uri, cfg_path)["changed"]
+    assert (promotion.registry_state(uri, "faq-adapter"), cfg_path.read_bytes()) == before
+
+
+def test_no_decision_without_a_drill_changes_nothing_and_an_unregistered_arm_is_refused(setup):
+    uri, versions, cfg_path = setup
+    before = cfg_path.read_bytes()
+    res = promotion.apply_outcome(uri, "faq-adapter", {"v1": versions["faq-v1"]}, cfg_path, sequential.NO_DECISION)
+    assert res["changed"] is False and res["arm"] is None and "traffic unchanged" in res["reason"]
+    with pytest.raises(promotion.PromotionError, match="register_adapter"):
+        promotion.apply_outcome(uri, "faq-adapter", {"v1": versions["faq-v1"]}, cfg_path, sequential.V2_WINS)
+    assert cfg_path.read_bytes() == before and promotion.champion(uri, "faq-adapter") is None
+
+
 def test_promoting_an_unknown_arm_changes_nothing(setup):
     uri, versions, cfg_path = setup
     before = cfg_path.read_bytes()
