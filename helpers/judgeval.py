@@ -126,6 +126,16 @@ def category_share(judgments: Sequence[dict], labels: dict[str, dict], judge: st
     return sum(g == grade for g in got) / len(got) if got else float("nan")
 
 
+# the categories notebook 08 reads a judge by: seen (a foreign document -> C) or missed (a changed number or an
+# incomplete answer graded A); helpers/expectations.yaml checks the resulting shares under these names
+CATEGORY_PROBES = (("wrong_document", "C"), ("wrong_number", "A"), ("incomplete", "A"))
+
+
+def category_shares(judgments: Sequence[dict], labels: dict[str, dict], judge: str) -> dict[str, float]:
+    """``category_share`` for each of ``CATEGORY_PROBES``, keyed ``<category>_as_<grade>``."""
+    return {f"{cat}_as_{g}": category_share(judgments, labels, judge, cat, g) for cat, g in CATEGORY_PROBES}
+
+
 # --------------------------------------------------------------------------- the non-LLM baseline
 SPECULATION = ("vermutlich", "wahrscheinlich", "erfahrungsgemäß", "dürfte", "in der regel", "meist ", "meistens",
                "üblicherweise", "vielleicht", "möglicherweise", "künftig", "in der praxis")
@@ -178,9 +188,10 @@ def verbosity_shift(judgments: Sequence[dict], judge: str, n_boot: int = stats.N
     both = [(a, b) for a, b in pairs if a["status"] == "ok" and b["status"] == "ok"]
     before, after = [SCORE[a["grade"]] for a, _ in both], [SCORE[b["grade"]] for _, b in both]
     shift = stats.paired_bootstrap(before, after, n_boot=n_boot)
+    worse = sum(b < a for a, b in zip(before, after))
     return {"judge": judge, "pairs": len(pairs), "parsed_both": len(both), **shift,
-            "better": sum(b > a for a, b in zip(before, after)), "worse": sum(b < a for a, b in zip(before, after)),
-            "same": sum(b == a for a, b in zip(before, after))}
+            "better": sum(b > a for a, b in zip(before, after)), "worse": worse,
+            "worse_share": worse / len(both) if both else 0.0, "same": sum(b == a for a, b in zip(before, after))}
 
 
 def _corrupt(answer: str, context: str, others: list[str], rng: random.Random) -> tuple[str, str]:

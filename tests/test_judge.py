@@ -99,6 +99,9 @@ def test_category_share_counts_unparsed_as_a_miss_and_ignores_other_judges():
     assert judgeval.category_share(js, labels, "base", "wrong_document", "C") == 1.0
     assert judgeval.category_share(js, labels, "base", "incomplete", "A") != judgeval.category_share(
         js, labels, "base", "incomplete", "A")                                  # no such answers: NaN, not 0
+    shares = judgeval.category_shares(js, labels, "base")
+    assert list(shares) == ["wrong_document_as_C", "wrong_number_as_A", "incomplete_as_A"]
+    assert shares["wrong_number_as_A"] == pytest.approx(0.5) and shares["wrong_document_as_C"] == 1.0
 
 
 def test_validation_kappa_is_recomputed_from_the_printed_table():
@@ -142,6 +145,7 @@ def test_probe_items_and_their_summaries():
           {**_judgment(2, "B"), "id": "x2:pad"}]
     shift = judgeval.verbosity_shift(vj, "base", n_boot=200)
     assert (shift["worse"], shift["same"], shift["better"]) == (1, 1, 0) and shift["mean_diff"] == pytest.approx(-0.5)
+    assert shift["worse_share"] == pytest.approx(0.5)                      # 1 of the 2 parsed pairs fell
 
 
 def test_series_kappa_from_its_own_table():
