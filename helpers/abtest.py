@@ -37,21 +37,33 @@ def version_records(train_records: Sequence[dict]) -> dict[str, list[dict]]:
             "faq-v2": list(train_records)}
 
 
-def train_versions(profile, work_dir: str | Path, progress: bool = False) -> dict[str, dict]:
-    """Train faq-v1 and faq-v2 into ``<work_dir>/adapters`` (kept when already trained on the same data)."""
+def train_versions(profile, work_dir: str | Path, progress: bool = False,
+                   reuse: Sequence[str] = ("fixed",)) -> dict[str, dict]:
+    """faq-v1 and faq-v2 in ``<work_dir>/adapters``, from the gold training split (PII-scrubbed).
+
+    A version already trained on the same records with the same recipe is kept. Where an adapter named in
+    ``reuse`` (notebook 05's ``fixed``: the whole gold split) was trained on exactly a version's records with the
+    same recipe (``training.same_recipe``), its weights are copied under the version's name instead of training
+    them again; ``source`` says which happened."""
     from . import training
 
-    train, _ = training.training_records(work_dir)
+    train = [r for r in training.training_records(work_dir)[0] if r.get("source") == "gold"]
+    adapters = training.adapters_dir(work_dir)
     out = {}
     for name, records in version_records(train).items():
-        target = training.adapters_dir(work_dir) / name
+        target = adapters / name
+        if not training.same_recipe(target, profile, records):
+            donor = next((d for d in reuse if training.same_recipe(adapters / d, profile, records)), None)
+            if donor:
+                print(f"{name}: same records and recipe as adapter '{donor}': copying its weights", flush=True)
+                training.copy_adapter(adapters / donor, target)
+            else:
+                print(f"Training {name} on {len(records)} records ...", flush=True)
+                training.train(profile, records, None, target, progress=progress)
         info = training.adapter_info(target)
-        if not (info and info.get("dataset_fingerprint") == training.fingerprint(records)
-                and info.get("profile") == profile.name and (target / "adapter_config.json").exists()):
-            print(f"Training {name} on {len(records)} records ...", flush=True)
-            info = training.train(profile, records, None, target, progress=progress).info
         out[name] = {"path": str(target), "records": len(records),
                      "unanswerable": sum(r.get("type") == "unanswerable" for r in records),
+                     "source": f"copy of {info['copied_from']}" if info.get("copied_from") else "trained",
                      "seconds": info["seconds"], "loss_last": info["loss_last"],
                      "dataset_fingerprint": info["dataset_fingerprint"]}
     return out

@@ -429,6 +429,35 @@ def adapter_info(adapter_dir: str | Path) -> dict | None:
     return io.read_json(path) if path.exists() else None
 
 
+def same_recipe(adapter_dir: str | Path, profile: Profile, records: list[dict], pad_as_eos: bool = False,
+                collator: str = "completion") -> bool:
+    """Whether the adapter in ``adapter_dir`` is what ``train(profile, records, ...)`` would make now: the same
+    data (fingerprint), profile, pad/collator setting, answer target, step count, batch size, learning rate and
+    LoRA rank (the eval records do not change the weights, so they are not compared)."""
+    info = adapter_info(adapter_dir)
+    if not info or not (Path(adapter_dir) / "adapter_config.json").exists():
+        return False
+    cfg = profile.train
+    wanted = {"profile": profile.name, "pad_as_eos": pad_as_eos, "collator": collator,
+              "dataset_fingerprint": fingerprint(records), "answer_target": cfg.answer_target,
+              "max_steps": cfg.steps_for(len(records)), "batch_size": cfg.batch_size,
+              "learning_rate": cfg.learning_rate, "lora_r": profile.lora.r, "base_model_id": profile.train_model}
+    return all(info.get(k) == v for k, v in wanted.items())
+
+
+def copy_adapter(source: str | Path, target: str | Path) -> Path:
+    """Copy a trained adapter under a new name (atomically; ``training_info.json`` records ``copied_from``)."""
+    source, target = Path(source), Path(target)
+    tmp = target.with_name(f".{target.name}.copy")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    info = adapter_info(tmp) or {}
+    io.write_json(tmp / "training_info.json", {**info, "copied_from": source.name})
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
 def ensure_adapter(profile: Profile, work_dir: str | Path, name: str = "fixed", pad_as_eos: bool = False,
                    collator: str = "completion", tracker=None, progress: bool = False) -> Path:
     """The adapter ``<work_dir>/adapters/<name>``, trained on ``training_records(work_dir)`` if it is missing

