@@ -102,9 +102,11 @@ class JudgeEngine:
 
 
 def engine_overrides() -> dict[str, Any]:
-    """Structured outputs as in `generate`: xgrammar without free whitespace (no whitespace loops)."""
+    """Structured outputs as in `generate`: xgrammar without free whitespace (no whitespace loops). Prefix caching
+    on: every judgment starts with the same rubric (system prompt), so its KV blocks are computed once (notebook
+    08's 183 judgments on 2 CPU cores: 90.7 s without, 71.1 s with it, the same grades item for item)."""
     return {"structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
-            "enable_prefix_caching": False}
+            "enable_prefix_caching": True}
 
 
 def merged_model(adapter_dir: str | Path, model_dir: str | Path) -> Path:
