@@ -432,8 +432,9 @@ def adapter_info(adapter_dir: str | Path) -> dict | None:
 def same_recipe(adapter_dir: str | Path, profile: Profile, records: list[dict], pad_as_eos: bool = False,
                 collator: str = "completion") -> bool:
     """Whether the adapter in ``adapter_dir`` is what ``train(profile, records, ...)`` would make now: the same
-    data (fingerprint), profile, pad/collator setting, answer target, step count, batch size, learning rate and
-    LoRA rank (the eval records do not change the weights, so they are not compared)."""
+    data (fingerprint), profile, pad/collator setting, answer target, step count, batch size, learning rate,
+    sequence length, optimizer, quantization and LoRA rank/alpha (the eval records do not change the weights, so
+    they are not compared)."""
     info = adapter_info(adapter_dir)
     if not info or not (Path(adapter_dir) / "adapter_config.json").exists():
         return False
@@ -441,7 +442,9 @@ def same_recipe(adapter_dir: str | Path, profile: Profile, records: list[dict], 
     wanted = {"profile": profile.name, "pad_as_eos": pad_as_eos, "collator": collator,
               "dataset_fingerprint": fingerprint(records), "answer_target": cfg.answer_target,
               "max_steps": cfg.steps_for(len(records)), "batch_size": cfg.batch_size,
-              "learning_rate": cfg.learning_rate, "lora_r": profile.lora.r, "base_model_id": profile.train_model}
+              "learning_rate": cfg.learning_rate, "grad_accum": cfg.grad_accum, "max_length": cfg.max_length,
+              "optimizer": cfg.optimizer, "quantize_4bit": cfg.quantize_4bit, "lora_r": profile.lora.r,
+              "lora_alpha": profile.lora.alpha, "base_model_id": profile.train_model}
     return all(info.get(k) == v for k, v in wanted.items())
 
 
