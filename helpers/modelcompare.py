@@ -310,15 +310,12 @@ def train_and_compare(profile: Profile, work_dir: str | Path, configs: Sequence[
     comparison (listed in ``untrained``). ``names`` maps each configuration to the variant that answered for it."""
     dirs, names = {}, {}
     for cfg in configs:
-        cdir = config_dir(profile, work_dir, cfg)
-        try:
-            loop.generated_train_records(cdir)
+        try:   # train_on_split reads the split first and raises LoopError before any training when it is empty
+            dirs[cfg.name] = loop.train_on_split(profile, config_dir(profile, work_dir, cfg), adapter_name(profile, cfg))
+            names[cfg.name] = cfg.name
         except loop.LoopError as exc:
             print(f"{cfg.name}: no adapter, the base model stands in for it ({exc})", flush=True)
             names[cfg.name] = "base"
-            continue
-        dirs[cfg.name] = loop.train_on_split(profile, cdir, adapter_name(profile, cfg))
-        names[cfg.name] = cfg.name
     if not dirs:
         raise CompareError("Neither configuration left a generated pair to train on: there is nothing to compare "
                            "on the gold questions. More chunks (dataset.generate_chunks) would change that.")
