@@ -46,19 +46,13 @@ def judge_profile(profile: Profile) -> Profile:
 
 
 def default_adapters(profile: Profile) -> dict[str, str]:
-    """The committed judge adapter where the profile's judge model is the one it was trained on and it exists.
-
-    Missing: the bare model judges (the caller prints that); present but corrupt: ``roles.RoleError``.
-    """
+    """The LoRA the profile puts on its judge model (``judge_adapter``, read by ``roles.adapter_for``) as
+    ``{name: folder}``; ``{}`` where the profile names none (the bare model judges; the caller prints that).
+    Missing or corrupt, or trained for another judge model: ``roles.RoleError``."""
     from . import roles
 
-    path = roles.committed_dir("judge")
-    if not (path / "MANIFEST.json").exists():
-        return {}
-    if io.read_json(path / "MANIFEST.json").get("base_model") != profile.judge_model:
-        return {}     # trained for another judge model: not checked, not used
-    roles.verify("judge", path)
-    return {"judge": str(path)}
+    found = roles.adapter_for(profile, "judge")
+    return {found[0]: str(found[1])} if found else {}
 
 
 def _trained_on(adapter_dir: str | Path) -> str | None:

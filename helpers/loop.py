@@ -43,12 +43,12 @@ def generated_train_records(work_dir: str | Path, rejects_path: str | Path | Non
 
 def train_on_split(profile: Profile, work_dir: str | Path, name: str = "generated", tracker=None,
                    progress: bool = False) -> Path:
-    """Train ``<work_dir>/adapters/<name>`` on the generated training split only (cached like ``ensure_adapter``)."""
+    """Train ``<work_dir>/adapters/<name>`` on the generated training split only (kept while ``training.same_recipe``
+    holds: the same data and settings)."""
     target = training.adapters_dir(work_dir) / name
     rejects = dataset.files(work_dir).rejects(STAGE)
     records = generated_train_records(work_dir, rejects)
-    info = training.adapter_info(target)
-    if info and info.get("dataset_fingerprint") == training.fingerprint(records) and info.get("profile") == profile.name:
+    if training.same_recipe(target, profile, records):
         return target
     _, gold_eval = training.training_records(work_dir)
     if tracker is None:

@@ -63,22 +63,6 @@ def noise_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if any(p.search(line) for p in _NOISE)]
 
 
-def values(token: str) -> set[float]:
-    """Every value a written number can mean: German and English decimal and thousands separators."""
-    out: set[float] = set()
-    plain = token.replace(".", "").replace(",", "")
-    if plain.isdigit():
-        out.add(float(plain))                                   # 1.800 / 1,800 as thousands
-    for dec, thou in ((",", "."), (".", ",")):
-        s = token.replace(thou, "")
-        if s.count(dec) <= 1:
-            try:
-                out.add(float(s.replace(dec, ".")))
-            except ValueError:
-                pass
-    return out
-
-
 def readings(token: str) -> set[tuple[float, float]]:
     """Each value a written number can mean, with the rounding tolerance of that reading: "1.800" is 1800 (± 0.5) or
     1.8 (± 0.0005); "0,305" cannot be a thousands group, so it is only 0.305 (± 0.0005)."""
@@ -101,7 +85,7 @@ def numbers_in(text: str) -> list[str]:
 def _pool(text: str) -> set[float]:
     pool: set[float] = set()
     for tok in numbers_in(text):
-        for v in values(tok):
+        for v, _ in readings(tok):
             pool.update({v, round(v * 100, 6), round(v / 100, 6)})   # 0.97 printed, "97 %" written
     return pool
 
@@ -186,8 +170,7 @@ def audit(path: str | Path, profile=None, repo: Path | None = None, allow_file: 
         for tok in numbers_in(prose):
             if tok in books:                     # "05.2": a notebook id, checked as a reference above
                 continue
-            v = values(tok)
-            if all(x <= 10 for x in v) and "," not in tok and "." not in tok:
+            if tok.isdigit() and int(tok) <= 10:
                 continue
             if not supported(tok, pool | cited):
                 line = next((l for l in prose.splitlines() if tok in l), "")

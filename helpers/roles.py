@@ -318,12 +318,6 @@ def verify(role: str, adapter_dir: str | Path | None = None) -> dict:
     return manifest
 
 
-def ensure(role: str) -> Path:
-    """The committed role adapter, checksums verified (nothing silently falls back to the bare model)."""
-    verify(role)
-    return committed_dir(role)
-
-
 def adapter_for(profile: Profile, which: str) -> tuple[str, Path] | None:
     """(name, folder) of the LoRA the profile puts on its generator or judge model, or None for the bare model.
 
@@ -332,7 +326,14 @@ def adapter_for(profile: Profile, which: str) -> tuple[str, Path] | None:
     if not spec:
         return None
     if spec in ROLES:
-        return spec, ensure(spec)
+        folder = committed_dir(spec)
+        trained_on = verify(spec, folder).get("base_model")   # checksums first: nothing falls back silently
+        model = profile.generator_model if which == "generator" else profile.judge_model
+        if trained_on != model:
+            raise RoleError(f"Profile '{profile.name}': the committed {spec} adapter was trained on '{trained_on}', "
+                            f"but the profile's {which} model is '{model}'. Set {which}_adapter to null (the bare "
+                            f"model) or train one for it: `{REBUILD.format(role=spec)}`.")
+        return spec, folder
     path = Path(spec).expanduser()
     if not (path / "adapter_config.json").is_file():
         raise RoleError(f"Profile '{profile.name}': {which}_adapter '{spec}' is neither a role ({', '.join(ROLES)}) "

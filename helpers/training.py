@@ -274,7 +274,7 @@ def _train(profile: Profile, train_records: list[dict], eval_records: list[dict]
     rejects_path = rejects_path or dataset.rejects_file(output_dir, STAGE)
     cfg = dataclasses.replace(profile.train, max_steps=max_steps) if max_steps else profile.train
     train_records = validate_records(train_records, "the training records", rejects_path)
-    data_fingerprint = fingerprint(train_records)       # the data; what it teaches is ``answer_target``
+    data_records = train_records       # the data (its fingerprint); what it teaches is ``answer_target``
     train_records = answer_targets(train_records, cfg.answer_target)
     model_dir = models.resolve(profile, "train_model")
     tok = load_tokenizer(model_dir, pad_as_eos=pad_as_eos)
@@ -314,19 +314,16 @@ def _train(profile: Profile, train_records: list[dict], eval_records: list[dict]
         dataloader_pin_memory=profile.device == "cuda", seed=cfg.seed, disable_tqdm=not progress,
     )
     callbacks = []  # without tqdm the Trainer prints each log line itself
-    run_info = {"profile": profile.name, "base_model": model_dir, "base_model_id": profile.train_model,
-                "chat_template": getattr(tok, "course_template", "tokenizer"), "pad_as_eos": pad_as_eos, "collator": collator,
-                "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "lora_r": profile.lora.r,
-                "lora_alpha": profile.lora.alpha, "target_modules": profile.lora.target_modules,
-                "quantize_4bit": cfg.quantize_4bit, "train_dtype": dtype,
+    run_info = {**recipe(profile, data_records, pad_as_eos, collator, n_examples=len(train_enc)),
+                "max_steps": steps,    # the profile's step count unless ``max_steps`` overrides it
+                "base_model": model_dir, "chat_template": getattr(tok, "course_template", "tokenizer"),
+                "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
+                "target_modules": profile.lora.target_modules, "train_dtype": dtype,
                 "compute_dtype": compute_dtype(profile) if cfg.quantize_4bit else None,
-                "max_steps": steps, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
-                "learning_rate": cfg.learning_rate, "max_length": cfg.max_length, "answer_target": cfg.answer_target,
-                "optimizer": cfg.optimizer, "gradient_checkpointing": cfg.gradient_checkpointing,
+                "gradient_checkpointing": cfg.gradient_checkpointing,
                 "train_examples": len(train_enc), "eval_examples": len(eval_enc or []),
                 "train_tokens": sum(e["length"] for e in train_enc),
                 "sources": {s: sum(r.get("source") == s for r in train_records) for s in ("gold", "generated")},
-                "dataset_fingerprint": data_fingerprint,
                 "trainable_parameters": trainable, "total_parameters": total}
     if tracker is not None:
         tracker.start(run_name or output_dir.name, params=run_info,
@@ -429,22 +426,29 @@ def adapter_info(adapter_dir: str | Path) -> dict | None:
     return io.read_json(path) if path.exists() else None
 
 
+def recipe(profile: Profile, records: list[dict], pad_as_eos: bool = False, collator: str = "completion",
+           n_examples: int | None = None) -> dict:
+    """What decides an adapter's weights besides the seed, as ``training_info.json`` records it: the data
+    (fingerprint), profile, pad/collator setting, answer target, step count (for ``n_examples`` encoded examples,
+    default: one per record), batch size, learning rate, sequence length, optimizer, quantization, LoRA rank/alpha
+    and base model. The eval records do not change the weights, so they are not part of it."""
+    cfg = profile.train
+    return {"profile": profile.name, "pad_as_eos": pad_as_eos, "collator": collator,
+            "dataset_fingerprint": fingerprint(records), "answer_target": cfg.answer_target,
+            "max_steps": cfg.steps_for(len(records) if n_examples is None else n_examples),
+            "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate, "grad_accum": cfg.grad_accum,
+            "max_length": cfg.max_length, "optimizer": cfg.optimizer, "quantize_4bit": cfg.quantize_4bit,
+            "lora_r": profile.lora.r, "lora_alpha": profile.lora.alpha, "base_model_id": profile.train_model}
+
+
 def same_recipe(adapter_dir: str | Path, profile: Profile, records: list[dict], pad_as_eos: bool = False,
                 collator: str = "completion") -> bool:
-    """Whether the adapter in ``adapter_dir`` is what ``train(profile, records, ...)`` would make now: the same
-    data (fingerprint), profile, pad/collator setting, answer target, step count, batch size, learning rate,
-    sequence length, optimizer, quantization and LoRA rank/alpha (the eval records do not change the weights, so
-    they are not compared)."""
+    """Whether the adapter in ``adapter_dir`` is what ``train(profile, records, ...)`` would make now (``recipe``;
+    the step count for the examples that survived encoding, as the run recorded them)."""
     info = adapter_info(adapter_dir)
     if not info or not (Path(adapter_dir) / "adapter_config.json").exists():
         return False
-    cfg = profile.train
-    wanted = {"profile": profile.name, "pad_as_eos": pad_as_eos, "collator": collator,
-              "dataset_fingerprint": fingerprint(records), "answer_target": cfg.answer_target,
-              "max_steps": cfg.steps_for(len(records)), "batch_size": cfg.batch_size,
-              "learning_rate": cfg.learning_rate, "grad_accum": cfg.grad_accum, "max_length": cfg.max_length,
-              "optimizer": cfg.optimizer, "quantize_4bit": cfg.quantize_4bit, "lora_r": profile.lora.r,
-              "lora_alpha": profile.lora.alpha, "base_model_id": profile.train_model}
+    wanted = recipe(profile, records, pad_as_eos, collator, n_examples=info.get("train_examples"))
     return all(info.get(k) == v for k, v in wanted.items())
 
 

@@ -91,14 +91,8 @@ def _fake_adapter(folder, profile, records, **overrides):
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text("{}")
     (folder / "adapter_model.safetensors").write_bytes(b"weights")
-    cfg = profile.train
-    info = {"profile": profile.name, "pad_as_eos": False, "collator": "completion",
-            "dataset_fingerprint": training.fingerprint(records), "answer_target": cfg.answer_target,
-            "max_steps": cfg.steps_for(len(records)), "batch_size": cfg.batch_size,
-            "learning_rate": cfg.learning_rate, "grad_accum": cfg.grad_accum, "max_length": cfg.max_length,
-            "optimizer": cfg.optimizer, "quantize_4bit": cfg.quantize_4bit, "lora_r": profile.lora.r,
-            "lora_alpha": profile.lora.alpha, "base_model_id": profile.train_model,
-            "seconds": 1.0, "loss_last": 0.1, **overrides}
+    info = {**training.recipe(profile, records), "train_examples": len(records), "seconds": 1.0, "loss_last": 0.1,
+            **overrides}
     io.write_json(folder / "training_info.json", info)
     return folder
 

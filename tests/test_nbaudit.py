@@ -26,10 +26,16 @@ def _nb(tmp_path, cells, name="05.2-test.ipynb"):
 
 
 @pytest.mark.parametrize("token,expected", [
-    ("0,587", {0.587, 587.0}), ("1.800", {1800.0, 1.8}), ("8,912", {8912.0, 8.912}), ("31", {31.0}),
+    ("0,587", {0.587}), ("1.800", {1800.0, 1.8}), ("8,912", {8912.0, 8.912}), ("31", {31.0}), ("12.5", {12.5}),
 ])
 def test_written_numbers_mean_german_or_english_values(token, expected):
-    assert expected <= nbaudit.values(token)
+    # printed and written numbers are read alike: "0,587" and "12.5" cannot be thousands groups
+    assert {v for v, _ in nbaudit.readings(token)} == expected
+
+
+def test_a_printed_decimal_does_not_support_its_digits_as_a_whole_number(tmp_path):
+    path = _nb(tmp_path, [("code", "print(x)", "Quote 12.5 %"), ("md", "Die Quote liegt bei 125 Fällen.")])
+    assert nbaudit.audit(path).numbers == ["125: Die Quote liegt bei 125 Fällen."]
 
 
 def test_numbers_must_be_printed_above(tmp_path):

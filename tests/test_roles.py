@@ -104,6 +104,18 @@ def test_an_unknown_adapter_spec_fails_with_the_fix(tmp_path):
     assert roles.adapter_for(dataclasses.replace(MINI, generator_adapter=None), "generator") is None
 
 
+def test_a_role_adapter_on_another_model_is_refused_with_the_fix():
+    import dataclasses
+
+    from helpers import judge
+
+    assert judge.default_adapters(MINI) == {"judge": str(roles.committed_dir("judge"))}
+    other = dataclasses.replace(MINI, judge_model="meta-llama/Llama-3.1-8B-Instruct")
+    with pytest.raises(roles.RoleError, match="trained on 'smollm2-135m-instruct'.*judge_adapter to null"):
+        judge.default_adapters(other)
+    assert judge.default_adapters(dataclasses.replace(other, judge_adapter=None)) == {}
+
+
 def test_refusal_is_the_course_sentence_in_unanswerable_writer_examples(train_split):
     un = [r for r in roles.writer_examples(train_split, MINI) if r["type"] == "unanswerable"]
     assert un and all(set(json.loads(r["answer"])) == {"question"} for r in un)

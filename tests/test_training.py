@@ -1,6 +1,7 @@
 """QLoRA training, labels, diagnostics and MLflow tracking (issue 5): real tokenizer, real bitsandbytes NF4,
 real peft, real vLLM LoRARequest, real MLflow store and `mlflow server`."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -225,6 +226,18 @@ def test_training_saves_an_adapter_with_its_record(tiny_run, profile):
         [{**r} for r in split.gold_splits()["train"][:16]])
     assert not list(adapter.parent.glob(".tiny.tmp"))
     assert list((adapter.parent / "tiny.checkpoints").glob("checkpoint-*"))
+
+
+def test_a_real_run_is_its_own_recipe_and_no_other(tiny_run, profile, gold):
+    # same_recipe reads what _train wrote: the run's data and settings match, other data or settings do not
+    work, result = tiny_run
+    two_steps = dataclasses.replace(profile, train=dataclasses.replace(profile.train, max_steps=2))
+    assert training.same_recipe(result.adapter_dir, two_steps, gold[0][:16])
+    assert not training.same_recipe(result.adapter_dir, profile, gold[0][:16])          # 150 steps, not 2
+    assert not training.same_recipe(result.adapter_dir, two_steps, gold[0][:15])        # other data
+    faster = dataclasses.replace(two_steps, train=dataclasses.replace(two_steps.train, learning_rate=0.1))
+    assert not training.same_recipe(result.adapter_dir, faster, gold[0][:16])
+    assert not training.same_recipe(result.adapter_dir, two_steps, gold[0][:16], pad_as_eos=True)
 
 
 def test_training_was_tracked_in_the_local_mlflow_store(tiny_run):
