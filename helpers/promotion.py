@@ -39,10 +39,31 @@ class PromotionError(HelpersError, RuntimeError):
     pass
 
 
-def _client(tracking_uri: str):
+def registry_client(tracking_uri: str):
+    """An MLflow client whose tracking and model registry are the same store (post 09's and post 10's registry)."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def ensure_registered_model(client, name: str, description: str | None = None) -> None:
+    """Create the registered model ``name`` unless it exists."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description=description)
+
+
+def alias_version(client, name: str, alias: str) -> str | None:
+    """The version ``alias`` points to, or None where the model or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
 
 
 def register_adapter(tracking_uri: str, model_name: str, adapter_dir: str | Path, adapter_name: str,
@@ -51,22 +72,17 @@ def register_adapter(tracking_uri: str, model_name: str, adapter_dir: str | Path
 
     Returns the version (a string). The version carries ``adapter_name`` (the name vLLM serves it under).
     """
-    from mlflow.exceptions import MlflowException
-
     from .adapters import adapter_rank, read_config
     from .training import adapter_info
 
-    client = _client(tracking_uri)
+    client = registry_client(tracking_uri)
     adapter_dir = Path(adapter_dir)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     run = client.create_run(exp_id, run_name=adapter_name)
     client.log_artifacts(run.info.run_id, str(adapter_dir), "adapter")
     client.set_terminated(run.info.run_id)
-    try:
-        client.get_registered_model(model_name)
-    except MlflowException:
-        client.create_registered_model(model_name)
+    ensure_registered_model(client, model_name)
     info = adapter_info(adapter_dir) or {}
     vtags = {"adapter_name": adapter_name, "lora_rank": str(adapter_rank(read_config(adapter_dir))),
              "dataset_fingerprint": str(info.get("dataset_fingerprint", "")), **{k: str(v) for k, v in (tags or {}).items()}}
@@ -76,22 +92,17 @@ def register_adapter(tracking_uri: str, model_name: str, adapter_dir: str | Path
 
 
 def champion(tracking_uri: str, model_name: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(_client(tracking_uri).get_model_version_by_alias(model_name, CHAMPION).version)
-    except MlflowException:
-        return None
+    return alias_version(registry_client(tracking_uri), model_name, CHAMPION)
 
 
 def set_champion(tracking_uri: str, model_name: str, version: str) -> None:
     """Point the ``champion`` alias at ``version`` (the starting state before a test; promotions use ``promote``)."""
-    _client(tracking_uri).set_registered_model_alias(model_name, CHAMPION, str(version))
+    registry_client(tracking_uri).set_registered_model_alias(model_name, CHAMPION, str(version))
 
 
 def registry_state(tracking_uri: str, model_name: str) -> dict:
     """Aliases and tags of every version: what promote/rollback must leave exactly as it found it."""
-    client = _client(tracking_uri)
+    client = registry_client(tracking_uri)
     model = client.get_registered_model(model_name)
     versions = client.search_model_versions(f"name='{model_name}'")
     return {"aliases": dict(sorted((model.aliases or {}).items())),
@@ -105,7 +116,7 @@ def snapshot_path(config_path: str | Path) -> Path:
 def promote(tracking_uri: str, model_name: str, version: str, config_path: str | Path, arm: str,
             stats: dict | None = None) -> dict:
     """Make ``version`` the champion and send 100 % of traffic to ``arm``; idempotent. Returns what changed."""
-    client = _client(tracking_uri)
+    client = registry_client(tracking_uri)
     cfg = router.load_config(config_path)
     cfg.arm(arm)
     target = {a.name: (100 if a.name == arm else 0) for a in cfg.arms}
@@ -194,7 +205,7 @@ def rollback(tracking_uri: str, config_path: str | Path) -> dict:
         for adapter, path in data["unloaded"].items():
             if adapter not in served:
                 serve.lora_admin(base_url, "load", adapter, path)
-    client = _client(tracking_uri)
+    client = registry_client(tracking_uri)
     name, version = data["model"], data["version"]
     for key, old in data["previous_tags"].items():
         if old is None:

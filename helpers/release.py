@@ -21,11 +21,11 @@ from pathlib import Path
 
 import yaml
 
-from . import io, paths
+from . import io, paths, promotion
 from .errors import HelpersError
 from .pipeline import MODEL_NAME, RELEASE_PATCH
 
-ALIAS, PREVIOUS = "champion", "previous"
+ALIAS, PREVIOUS = promotion.CHAMPION, "previous"
 SERVING_ROOT = "/adapters"   # where the release overlay mounts <registry> (pipeline-data, subPath registry)
 VALUE_RE = re.compile(r"^(?P<head>\s*value:\s*)champion=(?P<path>\S+)(?P<tail>.*)$", re.M)
 GIT_ID = ["-c", "user.name=souveraene-llms pipeline", "-c", "user.email=pipeline@souveraene-llms.invalid"]
@@ -37,11 +37,9 @@ class ReleaseError(HelpersError, RuntimeError):
 
 # --------------------------------------------------------------------------- register
 def _client(store: str | Path):
-    from mlflow.tracking import MlflowClient
-
+    """The registry client for the pipeline's store folder (``<store>/mlflow.db``)."""
     Path(store).mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{Path(store).resolve() / 'mlflow.db'}"
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return promotion.registry_client(f"sqlite:///{Path(store).resolve() / 'mlflow.db'}")
 
 
 def register(gate_path: str | Path, adapter: str | Path, store: str | Path, registry: str | Path,
@@ -58,12 +56,7 @@ def register(gate_path: str | Path, adapter: str | Path, store: str | Path, regi
         raise ReleaseError(f"{adapter} is no adapter (no adapter_config.json); run `train` first.")
     sha = content_hash(adapter)
     client = _client(store)
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description="LoRA adapters of the course pipeline (post 10)")
+    promotion.ensure_registered_model(client, name, "LoRA adapters of the course pipeline (post 10)")
     same = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get("adapter_sha256") == sha]
     if same:
         version = same[0].version
@@ -82,11 +75,7 @@ def register(gate_path: str | Path, adapter: str | Path, store: str | Path, regi
         for row in gate.get("metrics", []):
             if row.get("value") is not None:
                 client.set_model_version_tag(name, version, f"metric.{row['metric']}", f"{row['value']:.4f}")
-    previous = None
-    try:
-        previous = client.get_model_version_by_alias(name, ALIAS).version
-    except MlflowException:
-        pass
+    previous = promotion.alias_version(client, name, ALIAS)
     if previous is not None and str(previous) != str(version):
         client.set_registered_model_alias(name, PREVIOUS, previous)
     client.set_registered_model_alias(name, ALIAS, version)
@@ -100,14 +89,10 @@ def register(gate_path: str | Path, adapter: str | Path, store: str | Path, regi
 
 def move_alias_back(store: str | Path, name: str = MODEL_NAME) -> int:
     """Rollback in the registry: ``champion`` goes to the version under ``previous``."""
-    from mlflow.exceptions import MlflowException
-
     client = _client(store)
-    try:
-        prev = client.get_model_version_by_alias(name, PREVIOUS).version
-        cur = client.get_model_version_by_alias(name, ALIAS).version
-    except MlflowException as exc:
-        raise ReleaseError(f"{name} has no `{PREVIOUS}` version to roll back to.") from exc
+    prev, cur = promotion.alias_version(client, name, PREVIOUS), promotion.alias_version(client, name, ALIAS)
+    if prev is None or cur is None:
+        raise ReleaseError(f"{name} has no `{PREVIOUS}` version to roll back to.")
     client.set_registered_model_alias(name, ALIAS, prev)
     client.set_registered_model_alias(name, PREVIOUS, cur)
     return int(prev)

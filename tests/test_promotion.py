@@ -28,7 +28,7 @@ def test_register_adapter_creates_versions_with_the_adapter_name_and_rank(setup)
 @pytest.mark.parametrize("had_champion", [True, False])
 def test_promote_then_rollback_restores_registry_and_config_exactly_and_both_are_idempotent(setup, had_champion):
     uri, versions, cfg_path = setup
-    client = promotion._client(uri)
+    client = promotion.registry_client(uri)
     if had_champion:
         client.set_registered_model_alias("faq-adapter", "champion", versions["faq-v1"])
         client.set_model_version_tag("faq-adapter", versions["faq-v2"], "ab_outcome", "earlier value")

@@ -37,6 +37,8 @@ def test_register_is_idempotent_and_moves_the_alias(tmp_path):
     g = gate_file(tmp_path / "g.json")
     one = release.register(g, adapter(tmp_path / "a1", b"one"), store, reg)
     assert one["version"] == 1 and one["previous"] is None and (reg / "souveraene-qa" / "v1" / "adapter_config.json").exists()
+    with pytest.raises(release.ReleaseError, match="no `previous` version"):
+        release.move_alias_back(store)                             # one version: nothing to roll back to
     again = release.register(g, tmp_path / "a1", store, reg)
     assert again["version"] == 1                                   # same content, same version
     two = release.register(gate_file(tmp_path / "g2.json", stop=0.97), adapter(tmp_path / "a2", b"two"), store, reg)
