@@ -40,14 +40,17 @@ def course_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def lora_server(tmp_path_factory):
-    """One real `vllm serve --enable-lora` on loopback (Kurs-Mini + two random peft adapters "a" and "b"),
-    shared by the LoRA serving and dashboard tests; stopped at the end of the session."""
+    """One real `vllm serve --enable-lora` on loopback (Kurs-Mini + two random peft adapters "a" and "b", their
+    folders in ``server.test_adapters``), with runtime adapter loading (loopback only) for the retire/rollback
+    test, shared by the LoRA serving, router, A/B, promotion and dashboard tests; stopped at the end of the
+    session. A test that unloads an adapter loads it again."""
     from helpers import adapters, serve
     from helpers.profiles import load_profile
 
     root = tmp_path_factory.mktemp("lora-server")
     dirs = {name: adapters.random_adapter(root / name, r=8, seed=i) for i, name in enumerate(("a", "b"), 1)}
-    server = serve.lora_server(load_profile("mini"), dirs, log_path=root / "server.log")
+    server = serve.lora_server(load_profile("mini"), dirs, log_path=root / "server.log", runtime_lora_updates=True)
+    server.test_adapters = dirs
     server.start()
     try:
         yield server

@@ -98,52 +98,40 @@ def test_promoting_an_unknown_arm_changes_nothing(setup):
     assert not promotion.snapshot_path(cfg_path).exists()
 
 
-@pytest.fixture(scope="module")
-def runtime_server(tmp_path_factory):
-    """A real `vllm serve` (Kurs-Mini) with faq-v1 and faq-v2 and runtime adapter loading, on loopback."""
-    from helpers import serve
-    from helpers.profiles import load_profile
-
-    root = tmp_path_factory.mktemp("runtime-lora")
-    dirs = {n: adapters.random_adapter(root / n, r=8, seed=i) for i, n in enumerate(("faq-v1", "faq-v2"), 1)}
-    server = serve.lora_server(load_profile("mini"), dirs, log_path=root / "server.log", runtime_lora_updates=True)
-    server.start()
-    try:
-        yield server, dirs
-    finally:
-        server.stop()
-
-
-def test_retire_unloads_the_loser_after_the_grace_period_and_rollback_serves_it_again(runtime_server, tmp_path):
+def test_retire_unloads_the_loser_after_the_grace_period_and_rollback_serves_it_again(lora_server, tmp_path):
     import time
 
     from helpers import serve
 
-    server, dirs = runtime_server
+    server, dirs = lora_server, lora_server.test_adapters      # the session's server: runtime loading on loopback
     uri = tracking.local_uri(tmp_path)
     versions = {n: promotion.register_adapter(uri, "faq-adapter", d, n) for n, d in dirs.items()}
     cfg = router.ABConfig(experiment="faq-ab", virtual_model="faq", upstream=server.url,
-                          arms=(router.Arm("v1", "faq-v1", 50), router.Arm("v2", "faq-v2", 50)), config_version=1)
+                          arms=(router.Arm("v1", "a", 50), router.Arm("v2", "b", 50)), config_version=1)
     cfg_path = router.write_config(cfg, tmp_path / "ab.yaml")
     before = cfg_path.read_bytes()
     with pytest.raises(promotion.PromotionError, match="follows `promote`"):
         promotion.retire(cfg_path)
 
-    promotion.promote(uri, "faq-adapter", versions["faq-v2"], cfg_path, "v2")
+    promotion.promote(uri, "faq-adapter", versions["b"], cfg_path, "v2")
     t0 = time.time()
-    res = promotion.retire(cfg_path, grace_s=1.5)
-    assert time.time() - t0 >= 1.0 and set(res["unloaded"]) == {"faq-v1"}
-    assert "faq-v1" not in serve.served_adapters(server.base_url) and "faq-v2" in serve.served_adapters(server.base_url)
-    resp = server.client(max_retries=0).completions.with_raw_response.create  # the retired name is gone for real
-    with pytest.raises(Exception, match="faq-v1|404|does not exist"):
-        resp(model="faq-v1", prompt="Frage", max_tokens=2)
-    assert promotion.retire(cfg_path, grace_s=0)["unloaded"] == res["unloaded"]   # idempotent
+    try:
+        res = promotion.retire(cfg_path, grace_s=1.5)
+        assert time.time() - t0 >= 1.0 and set(res["unloaded"]) == {"a"}
+        assert "a" not in serve.served_adapters(server.base_url) and "b" in serve.served_adapters(server.base_url)
+        resp = server.client(max_retries=0).completions.with_raw_response.create  # the retired name is gone
+        with pytest.raises(Exception, match="'a'|404|does not exist"):
+            resp(model="a", prompt="Frage", max_tokens=2)
+        assert promotion.retire(cfg_path, grace_s=0)["unloaded"] == res["unloaded"]   # idempotent
 
-    back = promotion.rollback(uri, cfg_path)
-    assert back["reloaded"] == ["faq-v1"] and cfg_path.read_bytes() == before
-    assert set(serve.served_adapters(server.base_url)) >= {"faq-v1", "faq-v2"}
-    out = server.client().completions.create(model="faq-v1", prompt="Frage", max_tokens=2)
-    assert out.model == "faq-v1"
+        back = promotion.rollback(uri, cfg_path)
+        assert back["reloaded"] == ["a"] and cfg_path.read_bytes() == before
+    finally:   # the shared server serves "a" again whatever failed above
+        if "a" not in serve.served_adapters(server.base_url):
+            serve.lora_admin(server.base_url, "load", "a", str(dirs["a"]))
+    assert set(serve.served_adapters(server.base_url)) >= {"a", "b"}
+    out = server.client().completions.create(model="a", prompt="Frage", max_tokens=2)
+    assert out.model == "a"
 
 
 def test_runtime_adapter_loading_is_refused_off_loopback():
