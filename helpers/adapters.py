@@ -78,10 +78,10 @@ def check_adapter(name: str, adapter_dir: str | Path, profile: Profile, model_di
             f"max_lora_rank={max_rank}. Raise vllm.max_lora_rank in helpers/profiles.yaml (vLLM accepts "
             f"{', '.join(map(str, allowed[:3]))}, ...; a higher maximum costs memory in every adapter slot) or "
             "retrain the adapter with a smaller r.")
-    trained_on = _trained_on(adapter_dir)
-    if trained_on and trained_on != profile.serving_base:
+    base = trained_on(adapter_dir)
+    if base and base != profile.serving_base:
         raise AdapterError(
-            f"Adapter '{name}' ({adapter_dir}) was trained on '{trained_on}', but profile '{profile.name}' serves "
+            f"Adapter '{name}' ({adapter_dir}) was trained on '{base}', but profile '{profile.name}' serves "
             f"'{profile.model}' (base '{profile.serving_base}'). A LoRA adapter is a delta on the weights it was "
             "trained on; served on other weights it computes nonsense. Serve the training base (profile `model` / "
             "`base_model`, see docs/modelle-offline.md) or retrain the adapter on the served base.")
@@ -98,14 +98,15 @@ def check_adapter(name: str, adapter_dir: str | Path, profile: Profile, model_di
             "modules": ", ".join(sorted(modules)) if isinstance(modules, list) else str(modules)}
 
 
-def _trained_on(adapter_dir: Path) -> str | None:
-    """The profile model id the course's training recorded for this adapter (None for foreign adapters)."""
+def trained_on(adapter_dir: Path) -> str | None:
+    """The profile model id the course's training recorded for this adapter (None for foreign adapters or an
+    unreadable record)."""
     path = adapter_dir / "training_info.json"
     if not path.is_file():
         return None
     try:
         return json.loads(path.read_text(encoding="utf-8")).get("base_model_id")
-    except json.JSONDecodeError:
+    except (OSError, ValueError):
         return None
 
 

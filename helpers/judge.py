@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from collections import Counter
@@ -55,19 +54,12 @@ def default_adapters(profile: Profile) -> dict[str, str]:
     return {found[0]: str(found[1])} if found else {}
 
 
-def _trained_on(adapter_dir: str | Path) -> str | None:
-    try:
-        return json.loads((Path(adapter_dir) / "training_info.json").read_text(encoding="utf-8")).get("base_model_id")
-    except (OSError, ValueError):
-        return None
-
-
 def check_judge_adapter(name: str, adapter_dir: str | Path, jprofile: Profile, model_dir: str) -> dict:
     """``adapters.check_adapter`` against the judge model. A course adapter records the training base as a path
     (``training_info.json``); the same model built in another checkout counts as the same base."""
     from . import adapters
 
-    trained = _trained_on(adapter_dir)
+    trained = adapters.trained_on(Path(adapter_dir))
     same = trained and Path(trained).name in (Path(model_dir).name, Path(jprofile.model).name)
     return adapters.check_adapter(name, adapter_dir, dataclasses.replace(jprofile, base_model=trained) if same
                                   else jprofile, model_dir)
